@@ -1,0 +1,1 @@
+"""Freight: run GPU jobs in containers over REST."""

@@ -1,0 +1,74 @@
+"""Every error leaves the API as JSON `{"error", "message"}` with the right status."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import falcon
+
+from services.api.submission import InvalidRequest
+from shared.bus import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(falcon.HTTPError):
+    def __init__(self, status: str, error: str, message: str, headers: Any = None):
+        super().__init__(status, title=error, description=message, headers=headers)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(falcon.HTTP_404, "not_found", what)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(falcon.HTTP_400, "invalid_request", message)
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "error"
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {
+        "error": exc.title if isinstance(exc, ApiError) else _slug(exc.title or "error"),
+        "message": exc.description or exc.title or "error",
+    }
+
+
+def handle_invalid_request(
+    req: falcon.Request, resp: falcon.Response, exc: InvalidRequest, params: Any
+) -> None:
+    raise ApiError(falcon.HTTP_400, "invalid_request", str(exc))
+
+
+def handle_broker_unavailable(
+    req: falcon.Request, resp: falcon.Response, exc: BrokerUnavailable, params: Any
+) -> None:
+    raise ApiError(
+        falcon.HTTP_503,
+        "unavailable",
+        f"{exc}; nothing was accepted, try again shortly",
+        headers={"Retry-After": "2"},
+    )
+
+
+def handle_unexpected(
+    req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any
+) -> None:
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    raise ApiError(
+        falcon.HTTP_500, "internal", "Freight failed to handle this request; see its log"
+    )
+
+
+def install(app: falcon.App) -> None:
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(InvalidRequest, handle_invalid_request)
+    app.add_error_handler(BrokerUnavailable, handle_broker_unavailable)

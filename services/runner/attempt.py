@@ -1,0 +1,208 @@
+"""One attempt of one job, from container to end; its JobFinished is always emitted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.runner.executor import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_NAMESPACE,
+    LABEL_RUNNER,
+    ContainerSpec,
+    Executor,
+    ExecutorError,
+    ExitStatus,
+)
+from shared.bus import BrokerUnavailable
+from shared.events import Event, EventFactory, EventType
+from shared.jobs import JobView, Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    runner_id: str
+    namespace: str
+    executor: Executor
+    log: Any  # the event log: append(*events), confirmed
+    new_event: EventFactory
+    network: str
+    workdir: str
+    stop_grace: float
+
+
+class AttemptControl:
+    """The runner's handle on a live attempt: it may be asked to stop, once, with a reason."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stop_outcome: Outcome | None = None
+        self.stop_reason: str | None = None
+
+    def request_stop(self, outcome: Outcome, reason: str) -> None:
+        if self.stop_outcome is None:
+            self.stop_outcome, self.stop_reason = outcome, reason
+            self.wake.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_outcome is not None
+
+
+@dataclass
+class Ending:
+    outcome: Outcome
+    reason: str | None = None
+    exit_code: int | None = None
+
+
+def container_name(namespace: str, job_id: str, attempt: int) -> str:
+    return f"{namespace}-{job_id}-{attempt}"
+
+
+class Attempt:
+    def __init__(
+        self,
+        job: JobView,
+        ctx: RunnerContext,
+        control: AttemptControl,
+        on_done: Callable[[Attempt], None],
+        adopt: bool = False,
+    ):
+        self.job = job
+        self.adopt = adopt  # launched before a restart: follow its container, never start anew
+        self.attempt = job.attempt
+        self._ctx = ctx
+        self.control = control
+        self._on_done = on_done
+
+    def run(self) -> None:
+        ctx = self._ctx
+        container_id = None
+        ending = Ending(Outcome.ERROR, "freight error: the attempt ended unexpectedly")
+        try:
+            spec = self._spec()
+            found = ctx.executor.find(spec.name)
+            if found is None and self.adopt:
+                raise ExecutorError("its container vanished while the runner was away")
+            # The container's name is unique per attempt: this is what makes a start at most once.
+            container_id = found.container_id if found else ctx.executor.create(spec)
+            if self.control.stop_requested:
+                ending = self._stopped_ending(exit_code=None)
+                return
+            if not (found and found.started):
+                ctx.executor.start(container_id)
+            self._emit(EventType.JOB_STARTED, container=container_id[:12])
+            ending = self._supervise(container_id)
+        except ExecutorError as exc:
+            ending = Ending(Outcome.ERROR, f"freight error: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any bug here must still end the job
+            log.exception("attempt %s/%d crashed", self.job.job_id, self.attempt)
+            ending = Ending(Outcome.ERROR, f"freight error: {exc!r}")
+        finally:
+            self._finish(ending)
+            if container_id is not None:
+                ctx.executor.remove(container_id)
+            self._on_done(self)
+
+    def _spec(self) -> ContainerSpec:
+        ctx = self._ctx
+        return ContainerSpec(
+            name=container_name(ctx.namespace, self.job.job_id, self.attempt),
+            image=self.job.image,
+            command=self.job.command,
+            env=self.job.env,
+            labels={
+                LABEL_JOB: self.job.job_id,
+                LABEL_ATTEMPT: str(self.attempt),
+                LABEL_RUNNER: ctx.runner_id,
+                LABEL_NAMESPACE: ctx.namespace,
+            },
+            workdir=ctx.workdir,
+            network=ctx.network,
+        )
+
+    def _supervise(self, container_id: str) -> Ending:
+        """Wait for the exit, a stop request or the timeout, whichever comes first.
+
+        `container.wait` is only an HTTP read; the run deadline is enforced here.
+        """
+        exited: dict[str, ExitStatus | Exception] = {}
+
+        def wait_for_exit() -> None:
+            try:
+                exited["status"] = self._ctx.executor.wait(container_id)
+            except Exception as exc:  # noqa: BLE001 - handed to the supervising thread
+                exited["status"] = exc
+            self.control.wake.set()
+
+        threading.Thread(
+            target=wait_for_exit, name=f"wait-{container_id[:12]}", daemon=True
+        ).start()
+        deadline = time.monotonic() + self.job.timeout if self.job.timeout else None
+        while "status" not in exited:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self.control.wake.wait(remaining)
+            self.control.wake.clear()
+            if "status" in exited:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                self.control.request_stop(
+                    Outcome.TIMED_OUT, f"timed out after {self.job.timeout:g}s"
+                )
+            if self.control.stop_requested:
+                self._ctx.executor.stop(container_id, self._ctx.stop_grace)
+        status = exited["status"]
+        if isinstance(status, Exception):
+            raise status
+        if self.control.stop_requested:
+            return self._stopped_ending(status.exit_code)
+        if status.oom_killed:
+            return Ending(Outcome.OUT_OF_MEMORY, "out of memory", status.exit_code)
+        if status.exit_code == 0:
+            return Ending(Outcome.SUCCEEDED, None, 0)
+        return Ending(Outcome.FAILED, f"exit code {status.exit_code}", status.exit_code)
+
+    def _stopped_ending(self, exit_code: int | None) -> Ending:
+        outcome = self.control.stop_outcome or Outcome.CANCELLED
+        return Ending(outcome, self.control.stop_reason or outcome.value, exit_code)
+
+    def _finish(self, ending: Ending) -> None:
+        log.info(
+            "job %s attempt %d ended: %s (%s)",
+            self.job.job_id,
+            self.attempt,
+            ending.outcome.value,
+            ending.reason or f"exit code {ending.exit_code}",
+        )
+        self._emit(
+            EventType.JOB_FINISHED,
+            exit_code=ending.exit_code,
+            outcome=ending.outcome.value,
+            reason=ending.reason,
+            always=True,
+        )
+
+    def _emit(self, type: EventType, always: bool = False, **data: Any) -> None:
+        event: Event = self._ctx.new_event(
+            type, self.job.job_id, attempt=self.attempt, runner=self._ctx.runner_id, **data
+        )
+        backoff = 0.2
+        while True:
+            try:
+                self._ctx.log.append(event)
+                return
+            except BrokerUnavailable as exc:
+                if not always:
+                    raise ExecutorError(f"could not record {type.value}: {exc}") from None
+                # The end of a job must reach the log: keep trying until the broker is back.
+                log.warning("retrying %s for job %s: %s", type.value, self.job.job_id, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,197 @@
+"""The runner: folds the log, launches the attempts assigned to it, stops the ones that are no
+longer wanted, and reports its capacity in heartbeats.
+
+Launch and stop decisions wait until the runner has read back its own first heartbeat: by then
+it has replayed everything before it, so a restart never acts on an assignment that a later
+event already ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from services.runner import schema
+from services.runner.attempt import Attempt, AttemptControl, RunnerContext
+from shared.bus import BrokerUnavailable
+from shared.events import Event, EventType
+from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
+
+log = logging.getLogger(__name__)
+
+
+class RunnerProjection:
+    start_at = "first"
+    offsets = schema.offsets
+    dead_letters = schema.dead_letters
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        ctx: RunnerContext,
+        slots: int,
+        heartbeat_interval: float,
+        clock: Callable[[], datetime],
+    ):
+        self.consumer = f"runner:{ctx.runner_id}"
+        self._engine = engine
+        self._ctx = ctx
+        self._slots = slots
+        self._heartbeat_interval = heartbeat_interval
+        self._clock = clock
+        self._next_heartbeat = 0.0
+        self._live: dict[tuple[str, int], Attempt] = {}
+        self._lock = threading.Lock()
+        self._marker: str | None = None  # our first heartbeat's id
+        self.caught_up = False
+
+    # -- projection ------------------------------------------------------------------------
+
+    def apply(self, session: Session, event: Event, position: int) -> None:
+        if event.event_id == self._marker:
+            self.caught_up = True
+        if event.job_id is None:
+            return
+        jobs = schema.jobs
+        row = session.execute(sa.select(jobs.c.view).where(jobs.c.job_id == event.job_id)).first()
+        before = JobView.from_dict(row.view) if row else None
+        after = evolve(before, event)
+        if after is None or after == before:
+            return
+        values = {"status": after.status.value, "runner": after.runner, "view": after.to_dict()}
+        if before is None:
+            session.execute(jobs.insert().values(job_id=after.job_id, **values))
+        else:
+            session.execute(jobs.update().where(jobs.c.job_id == after.job_id).values(**values))
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def after_batch(self, caught_up: bool) -> None:
+        if self.caught_up:
+            self.reconcile()
+
+    def tick(self) -> None:
+        if time.monotonic() >= self._next_heartbeat:
+            self.send_heartbeat()
+        if self.caught_up:
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        """Make the running attempts match the log: launch what is ours, stop what is not."""
+        with self._engine.connect() as connection:
+            assigned = [
+                JobView.from_dict(view)
+                for view in connection.execute(
+                    sa.select(schema.jobs.c.view).where(
+                        schema.jobs.c.runner == self._ctx.runner_id,
+                        schema.jobs.c.status.in_([s.value for s in ACTIVE]),
+                    )
+                ).scalars()
+            ]
+            with self._lock:
+                live = list(self._live.values())
+            current = (
+                {
+                    row.job_id: JobView.from_dict(row.view)
+                    for row in connection.execute(
+                        sa.select(schema.jobs.c.job_id, schema.jobs.c.view).where(
+                            schema.jobs.c.job_id.in_([a.job.job_id for a in live])
+                        )
+                    )
+                }
+                if live
+                else {}
+            )
+        for attempt in live:
+            self._stop_if_unwanted(attempt, current.get(attempt.job.job_id))
+        for job in assigned:
+            self._launch(job)
+
+    def _stop_if_unwanted(self, attempt: Attempt, view: JobView | None) -> None:
+        if view is None:
+            return
+        if view.attempt != attempt.attempt or view.runner != self._ctx.runner_id:
+            attempt.control.request_stop(Outcome.CANCELLED, "superseded by another attempt")
+        elif view.cancel_requested or view.status.is_terminal:
+            attempt.control.request_stop(Outcome.CANCELLED, "cancelled")
+
+    def _launch(self, job: JobView) -> None:
+        key = (job.job_id, job.attempt)
+        with self._lock:
+            if key in self._live:
+                return
+        with self._engine.begin() as connection:
+            launched = connection.execute(
+                sa.select(schema.attempts.c.finished_at).where(
+                    schema.attempts.c.job_id == job.job_id,
+                    schema.attempts.c.attempt == job.attempt,
+                )
+            ).first()
+            if launched is not None and launched.finished_at is not None:
+                return
+            if launched is None:
+                connection.execute(
+                    schema.attempts.insert().values(
+                        job_id=job.job_id,
+                        attempt=job.attempt,
+                        runner_id=self._ctx.runner_id,
+                        launched_at=self._clock(),
+                    )
+                )
+        attempt = Attempt(
+            job,
+            self._ctx,
+            AttemptControl(),
+            self._attempt_done,
+            adopt=launched is not None or job.status == Status.RUNNING,
+        )
+        with self._lock:
+            self._live[key] = attempt
+        log.info("launching job %s attempt %d", job.job_id, job.attempt)
+        threading.Thread(
+            target=attempt.run, name=f"attempt-{job.job_id[:8]}-{job.attempt}", daemon=True
+        ).start()
+
+    def _attempt_done(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._live.pop((attempt.job.job_id, attempt.attempt), None)
+        with self._engine.begin() as connection:
+            connection.execute(
+                schema.attempts.update()
+                .where(
+                    schema.attempts.c.job_id == attempt.job.job_id,
+                    schema.attempts.c.attempt == attempt.attempt,
+                )
+                .values(finished_at=self._clock())
+            )
+
+    def send_heartbeat(self) -> None:
+        with self._lock:
+            running = [f"{job_id}/{n}" for job_id, n in self._live]
+        heartbeat = self._ctx.new_event(
+            EventType.RUNNER_HEARTBEAT,
+            None,
+            runner=self._ctx.runner_id,
+            slots=self._slots,
+            gpus=[],
+            running=running,
+        )
+        try:
+            self._ctx.log.append(heartbeat)
+            if self._marker is None:
+                self._marker = heartbeat.event_id
+            self._next_heartbeat = time.monotonic() + self._heartbeat_interval
+        except BrokerUnavailable as exc:
+            log.warning("heartbeat not sent: %s", exc)
+
+    def stop_all(self, reason: str) -> None:
+        with self._lock:
+            live = list(self._live.values())
+        for attempt in live:
+            attempt.control.request_stop(Outcome.CANCELLED, reason)

@@ -1,0 +1,31 @@
+"""The runner's projection: every job's view (the same fold as everywhere) and the attempts this
+runner has launched, so a restart never starts one twice."""
+
+import sqlalchemy as sa
+
+from shared.db import dead_letters_table, offsets_table
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "runner_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("runner", sa.String(200), nullable=True),
+    sa.Column("view", sa.JSON, nullable=False),
+    sa.Index("runner_jobs_runner_status", "runner", "status"),
+)
+
+attempts = sa.Table(
+    "runner_attempts",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("runner_id", sa.String(200), nullable=False),
+    sa.Column("launched_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+offsets = offsets_table(metadata, "runner")
+dead_letters = dead_letters_table(metadata, "runner")

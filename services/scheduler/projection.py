@@ -1,0 +1,247 @@
+"""The scheduler: folds jobs and heartbeats, places queued jobs, declares silent runners lost."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from services.scheduler import schema
+from services.scheduler.placement import Placement, RunnerCapacity, place
+from shared.bus import BrokerUnavailable
+from shared.events import Event, EventFactory, EventType
+from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUE_SCAN = 5000
+
+
+class SchedulerProjection:
+    consumer = "scheduler"
+    start_at = "first"
+    offsets = schema.offsets
+    dead_letters = schema.dead_letters
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        log_writer: Any,
+        new_event: EventFactory,
+        runner_deadline: float,
+        clock: Callable[[], datetime],
+    ):
+        self._engine = engine
+        self._log = log_writer
+        self._new_event = new_event
+        self._deadline = timedelta(seconds=runner_deadline)
+        self._clock = clock
+        self._started = time.monotonic()
+        # Decisions published but not yet read back from the log, counted against capacity.
+        self._in_flight: dict[str, Placement] = {}
+        self._declared_lost: set[str] = set()
+        # Placement waits until the scheduler reads back its own SchedulerStarted: everything
+        # before it has been replayed, so no decision is taken on a stale view of the queue.
+        self._marker: str | None = None
+        self.caught_up = False
+
+    def announce_start(self) -> None:
+        started = self._new_event(EventType.SCHEDULER_STARTED, None)
+        self._log.append(started)
+        self._marker = started.event_id
+
+    # -- projection ------------------------------------------------------------------------
+
+    def apply(self, session: Session, event: Event, position: int) -> None:
+        if event.event_id == self._marker:
+            self.caught_up = True
+        if event.type == EventType.RUNNER_HEARTBEAT:
+            self._record_heartbeat(session, event)
+        elif event.type == EventType.RUNNER_LOST:
+            session.execute(
+                schema.runners.update()
+                .where(schema.runners.c.runner_id == event.data["runner"])
+                .values(lost=True)
+            )
+        elif event.job_id is not None:
+            self._fold_job(session, event, position)
+
+    def _fold_job(self, session: Session, event: Event, position: int) -> None:
+        jobs = schema.jobs
+        row = session.execute(sa.select(jobs.c.view).where(jobs.c.job_id == event.job_id)).first()
+        before = JobView.from_dict(row.view) if row else None
+        after = evolve(before, event)
+        if after is None or after == before:
+            return
+        if after.status != Status.QUEUED:
+            self._in_flight.pop(after.job_id, None)
+        values = {"status": after.status.value, "runner": after.runner, "view": after.to_dict()}
+        if before is None:
+            session.execute(jobs.insert().values(job_id=after.job_id, position=position, **values))
+        else:
+            session.execute(jobs.update().where(jobs.c.job_id == after.job_id).values(**values))
+
+    def _record_heartbeat(self, session: Session, event: Event) -> None:
+        runner_id = event.data["runner"]
+        capacity = {k: event.data.get(k) for k in ("slots", "gpus", "cpus", "memory_mb")}
+        runners = schema.runners
+        exists = session.execute(
+            sa.select(runners.c.runner_id).where(runners.c.runner_id == runner_id)
+        ).first()
+        values = {"last_seen": event.occurred_at, "capacity": capacity, "lost": False}
+        if exists:
+            session.execute(
+                runners.update().where(runners.c.runner_id == runner_id).values(**values)
+            )
+        else:
+            session.execute(runners.insert().values(runner_id=runner_id, **values))
+        self._declared_lost.discard(runner_id)
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def after_batch(self, caught_up: bool) -> None:
+        self.place_queued_jobs()
+
+    def tick(self) -> None:
+        if self._marker is None:
+            try:
+                self.announce_start()
+            except BrokerUnavailable as exc:
+                log.warning("could not announce the scheduler's start: %s", exc)
+                return
+        self.declare_silent_runners_lost()
+        self.place_queued_jobs()
+
+    def place_queued_jobs(self) -> None:
+        if not self.caught_up:
+            return
+        with self._engine.connect() as connection:
+            queued = [
+                JobView.from_dict(row.view)
+                for row in connection.execute(
+                    sa.select(schema.jobs.c.view)
+                    .where(schema.jobs.c.status == Status.QUEUED.value)
+                    .order_by(schema.jobs.c.position)
+                    .limit(MAX_QUEUE_SCAN)
+                )
+            ]
+            queued = [job for job in queued if job.job_id not in self._in_flight]
+            if not queued:
+                return
+            capacity = self._free_capacity(connection)
+        placements = place(queued, capacity)
+        if not placements:
+            return
+        events = [
+            self._new_event(
+                EventType.JOB_ASSIGNED,
+                p.job_id,
+                runner=p.runner_id,
+                attempt=p.attempt,
+                gpus=[dict(g) for g in p.gpus],
+            )
+            for p in placements
+        ]
+        try:
+            self._log.append(*events)
+        except BrokerUnavailable as exc:
+            log.warning("could not publish %d placements: %s", len(events), exc)
+            return
+        for p in placements:
+            self._in_flight[p.job_id] = p
+            log.info("placed job %s on %s (attempt %d)", p.job_id, p.runner_id, p.attempt)
+
+    def _free_capacity(self, connection: sa.Connection) -> list[RunnerCapacity]:
+        cutoff = self._clock() - self._deadline
+        live = connection.execute(
+            sa.select(schema.runners).where(
+                schema.runners.c.lost.is_(False), schema.runners.c.last_seen >= cutoff
+            )
+        ).all()
+        active = connection.execute(
+            sa.select(schema.jobs.c.runner, schema.jobs.c.view).where(
+                schema.jobs.c.status.in_([s.value for s in ACTIVE])
+            )
+        ).all()
+        used: dict[str, int] = {}
+        held: set[str] = set()
+        for row in active:
+            used[row.runner] = used.get(row.runner, 0) + 1
+            held.update(g["uuid"] for g in row.view.get("assigned_gpus") or ())
+        for p in self._in_flight.values():
+            used[p.runner_id] = used.get(p.runner_id, 0) + 1
+            held.update(g["uuid"] for g in p.gpus)
+        return [
+            RunnerCapacity(
+                runner_id=r.runner_id,
+                slots=int(r.capacity.get("slots") or 0),
+                used_slots=used.get(r.runner_id, 0),
+                free_gpus=tuple(g for g in r.capacity.get("gpus") or () if g["uuid"] not in held),
+            )
+            for r in live
+        ]
+
+    def declare_silent_runners_lost(self) -> None:
+        # After a (re)start, give every runner a full deadline to be heard from.
+        if not self.caught_up or time.monotonic() - self._started < self._deadline.total_seconds():
+            return
+        cutoff = self._clock() - self._deadline
+        with self._engine.connect() as connection:
+            silent = (
+                connection.execute(
+                    sa.select(schema.runners.c.runner_id).where(
+                        schema.runners.c.lost.is_(False), schema.runners.c.last_seen < cutoff
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for runner_id in silent:
+                if runner_id in self._declared_lost:
+                    continue
+                jobs = [
+                    JobView.from_dict(view)
+                    for view in connection.execute(
+                        sa.select(schema.jobs.c.view).where(
+                            schema.jobs.c.runner == runner_id,
+                            schema.jobs.c.status.in_([s.value for s in ACTIVE]),
+                        )
+                    ).scalars()
+                ]
+                self._declare_lost(runner_id, jobs)
+
+    def _declare_lost(self, runner_id: str, jobs: list[JobView]) -> None:
+        events = [
+            self._new_event(
+                EventType.JOB_FINISHED,
+                job.job_id,
+                attempt=job.attempt,
+                runner=runner_id,
+                exit_code=None,
+                outcome=Outcome.LOST.value,
+                reason="runner lost",
+            )
+            for job in jobs
+        ]
+        events.append(
+            self._new_event(
+                EventType.RUNNER_LOST, None, runner=runner_id, jobs=[j.job_id for j in jobs]
+            )
+        )
+        try:
+            self._log.append(*events)
+        except BrokerUnavailable as exc:
+            log.warning("could not declare runner %s lost: %s", runner_id, exc)
+            return
+        self._declared_lost.add(runner_id)
+        log.warning(
+            "runner %s is lost (silent for %s); %d jobs affected",
+            runner_id,
+            self._deadline,
+            len(jobs),
+        )

@@ -1,0 +1,31 @@
+"""The scheduler's projection: every job's view and every runner's last heartbeat."""
+
+import sqlalchemy as sa
+
+from shared.db import dead_letters_table, offsets_table
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "scheduler_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("runner", sa.String(200), nullable=True),
+    sa.Column("view", sa.JSON, nullable=False),
+    sa.Index("scheduler_jobs_status_position", "status", "position"),
+    sa.Index("scheduler_jobs_runner_status", "runner", "status"),
+)
+
+runners = sa.Table(
+    "scheduler_runners",
+    metadata,
+    sa.Column("runner_id", sa.String(200), primary_key=True),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("capacity", sa.JSON, nullable=False),
+    sa.Column("lost", sa.Boolean, nullable=False, default=False),
+)
+
+offsets = offsets_table(metadata, "scheduler")
+dead_letters = dead_letters_table(metadata, "scheduler")

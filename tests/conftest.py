@@ -1,0 +1,101 @@
+"""Fixtures for the real RabbitMQ, PostgreSQL and Docker engine.
+
+The running services are used when FREIGHT_AMQP_URL / FREIGHT_TEST_POSTGRES_URL are set (as
+`make test` does); otherwise testcontainers starts them. Every test gets its own namespace (stream,
+queues, exchange) and its own databases, so tests never see each other's messages or rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pika
+import pytest
+import sqlalchemy as sa
+
+from shared.config import Settings
+
+TEST_IMAGE = os.environ.get("FREIGHT_TEST_IMAGE", "freight/busybox:local")
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    url = os.environ.get("FREIGHT_AMQP_URL")
+    if url:
+        yield url
+        return
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    with RabbitMqContainer("rabbitmq:3.13") as rabbit:
+        params = rabbit.get_connection_params()
+        yield f"amqp://guest:guest@{params.host}:{params.port}/"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    url = os.environ.get("FREIGHT_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:16", driver="psycopg2") as pg:
+        yield pg.get_connection_url()
+
+
+def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+    name = f"freight_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield str(sa.engine.make_url(server_url).set(database=name))
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'freight.db'}"
+    else:
+        yield from _fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
+    namespace = f"test-{uuid.uuid4().hex[:10]}"
+    configured = replace(
+        Settings(),
+        amqp_url=amqp_url,
+        home=tmp_path / "home",
+        namespace=namespace,
+        response_exchange=f"{namespace}.job_response",
+        response_queue=f"{namespace}.job_response",
+        default_image=TEST_IMAGE,
+        runner_id=f"{namespace}-runner",
+        runner_slots=4,
+        heartbeat_interval=0.5,
+        runner_deadline=30.0,
+        stop_grace=2.0,
+        publish_timeout=5.0,
+    )
+    yield configured
+    _delete_topology(configured)
+
+
+def _delete_topology(settings: Settings) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.queue_delete(settings.events_stream)
+        channel.queue_delete(settings.response_queue)
+        channel.exchange_delete(settings.response_exchange)
+    finally:
+        connection.close()

@@ -1,0 +1,175 @@
+"""Freight as users run it: each service its own process, driven over HTTP and AMQP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import pika
+import pytest
+import requests
+
+from shared.config import Settings
+from tests.waiting import wait_until
+
+
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"no Docker engine ({exc}); `make docker` starts one")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_env(settings: Settings, **overrides: Any) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "FREIGHT_AMQP_URL": settings.amqp_url,
+        "FREIGHT_HOME": str(settings.home),
+        "FREIGHT_NAMESPACE": settings.namespace,
+        "FREIGHT_RESPONSE_EXCHANGE": settings.response_exchange,
+        "FREIGHT_RESPONSE_QUEUE": settings.response_queue,
+        "FREIGHT_API_BIND": settings.api_bind,
+        "FREIGHT_DEFAULT_IMAGE": settings.default_image,
+        "FREIGHT_RUNNER_ID": settings.runner_id,
+        "FREIGHT_RUNNER_SLOTS": str(settings.runner_slots),
+        "FREIGHT_HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
+        "FREIGHT_RUNNER_DEADLINE": str(settings.runner_deadline),
+        "FREIGHT_STOP_GRACE": str(settings.stop_grace),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({f"FREIGHT_{k.upper()}": str(v) for k, v in overrides.items()})
+    return env
+
+
+@dataclass
+class Cluster:
+    settings: Settings
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.api_bind}"
+
+    def start(self, service: str, name: str | None = None, **overrides: Any) -> None:
+        name = name or service
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "freight.cli", "serve", service],
+            env=service_env(self.settings, **overrides),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(sig)
+        process.wait(timeout=20)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+
+    def log_of(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    # -- the user's side -------------------------------------------------------------------
+
+    def submit(self, command: str, path: str = "/jobs", **fields: Any) -> dict[str, Any]:
+        response = requests.post(f"{self.url}{path}", data={"command": command, **fields})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = requests.get(f"{self.url}/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for_status(self, job_id: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
+        return wait_until(
+            lambda: (job := self.job(job_id))["status"] in statuses and job,
+            timeout=timeout,
+            what=f"job {job_id} to reach {statuses}",
+        )
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, api_bind=f"127.0.0.1:{free_port()}")
+
+
+@pytest.fixture
+def cluster(cluster_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
+    """API, scheduler and one runner, each a separate process, on a fresh namespace."""
+    client = docker_client()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cluster = Cluster(cluster_settings, logs)
+    for service in ("api", "scheduler", "runner"):
+        cluster.start(service)
+    wait_until(lambda: _answers(cluster.url), timeout=30, what="the API to answer")
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+        for container in client.containers.list(
+            all=True, filters={"label": f"freight.namespace={cluster_settings.namespace}"}
+        ):
+            container.remove(force=True)
+        for name in ("api", "scheduler", "runner"):
+            if (logs / f"{name}.log").exists():
+                sys.stderr.write(f"--- {name}\n{cluster.log_of(name)[-3000:]}\n")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=1).ok
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def responses(cluster_settings: Settings) -> Iterator[Any]:
+    """A subscriber of `job_response` as the user's document writes one, with pika."""
+    connection = pika.BlockingConnection(pika.URLParameters(cluster_settings.amqp_url))
+    channel = connection.channel()
+    channel.exchange_declare(cluster_settings.response_exchange, "topic", durable=True)
+    channel.queue_declare(cluster_settings.response_queue, durable=True)
+    channel.queue_bind(cluster_settings.response_queue, cluster_settings.response_exchange, "#")
+
+    class Responses:
+        seen: dict[str, dict[str, Any]] = {}
+
+        def wait_for(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
+            def arrived() -> dict[str, Any] | None:
+                while True:
+                    method, _, body = channel.basic_get(cluster_settings.response_queue)
+                    if method is None:
+                        return self.seen.get(job_id)
+                    channel.basic_ack(method.delivery_tag)
+                    message = json.loads(body)
+                    self.seen[message["job_id"]] = message
+
+            return wait_until(arrived, timeout=timeout, what=f"job_response for {job_id}")
+
+    yield Responses()
+    connection.close()

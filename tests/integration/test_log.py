@@ -1,0 +1,134 @@
+"""The log against the real RabbitMQ: confirmed appends, a consumer that applies each event
+exactly once across restarts, redeliveries and poison messages, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pika
+import pytest
+import sqlalchemy as sa
+
+from services.api import schema
+from services.api.projection import ApiProjection
+from shared.bus import BrokerUnavailable, Publisher, Topology
+from shared.config import Settings
+from shared.consumer import StreamConsumer
+from shared.db import create_engine, migrate
+from shared.events import EventFactory, EventType
+from tests.waiting import wait_until
+
+new_event = EventFactory("test")
+
+
+def submitted(n: int):
+    return new_event(EventType.JOB_SUBMITTED, f"job-{n:04d}", command=f"echo {n}", image="busybox")
+
+
+@pytest.fixture
+def topology(settings: Settings) -> Topology:
+    return Topology.from_settings(settings)
+
+
+@pytest.fixture
+def publisher(settings: Settings, topology: Topology) -> Iterator[Publisher]:
+    publisher = Publisher(settings.amqp_url, topology, "test")
+    yield publisher
+    publisher.close()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(database_url)
+    migrate(engine, "api")
+    yield engine
+    engine.dispose()
+
+
+@contextmanager
+def consuming(settings, topology, engine, publisher) -> Iterator[StreamConsumer]:
+    projection = ApiProjection(engine, publisher, settings.response_exchange)
+    consumer = StreamConsumer(settings.amqp_url, topology, engine, projection, batch_size=50)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def stored_offset(engine: sa.Engine) -> int | None:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(schema.offsets.c.position)).scalar_one_or_none()
+
+
+def test_each_event_is_applied_once_across_restarts(settings, topology, engine, publisher):
+    publisher.append(*[submitted(n) for n in range(120)])
+    with consuming(settings, topology, engine, publisher):
+        wait_until(lambda: count(engine, schema.jobs) == 120, what="120 jobs projected")
+    first_offset = stored_offset(engine)
+    assert first_offset is not None
+
+    # While the consumer is down: new events, and one event published twice.
+    again = submitted(120)
+    publisher.append(again, again, *[submitted(n) for n in range(121, 130)])
+    with consuming(settings, topology, engine, publisher):
+        wait_until(lambda: count(engine, schema.jobs) == 130, what="130 jobs projected")
+        wait_until(lambda: stored_offset(engine) == first_offset + 11, what="offset stored")
+    assert count(engine, schema.events) == 130
+
+
+def test_poison_message_is_dead_lettered_and_the_consumer_goes_on(
+    settings, topology, engine, publisher
+):
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    channel = connection.channel()
+    topology.declare(channel)
+    channel.basic_publish("", topology.events_stream, b"\xff not an event")
+    connection.close()
+    publisher.append(submitted(1))
+    with consuming(settings, topology, engine, publisher) as consumer:
+        wait_until(lambda: count(engine, schema.jobs) == 1, what="the good event projected")
+        assert consumer.dead_lettered == 1
+    with engine.connect() as db:
+        letter = db.execute(sa.select(schema.dead_letters)).one()
+    assert letter.body == b"\xff not an event" and "not JSON" in letter.error
+
+
+def test_ended_job_is_announced_on_job_response(settings, topology, engine, publisher):
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    channel = connection.channel()
+    topology.declare(channel)
+    mine = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(mine, topology.response_exchange, routing_key="job-0001")
+
+    publisher.append(
+        submitted(1), submitted(2), new_event(EventType.JOB_CANCEL_REQUESTED, "job-0001")
+    )
+    with consuming(settings, topology, engine, publisher):
+        body = wait_until(lambda: channel.basic_get(mine, auto_ack=True)[2], what="job_response")
+    assert b'"job_id": "job-0001"' in body and b'"status": "FAILED"' in body
+    # The shared queue got it too, and nothing for the job that has not ended.
+    _, props, shared_body = channel.basic_get(topology.response_queue, auto_ack=True)
+    assert shared_body == body and props.correlation_id == "job-0001"
+    assert channel.basic_get(topology.response_queue, auto_ack=True)[0] is None
+    connection.close()
+
+
+def test_publisher_reports_an_unreachable_broker(topology):
+    publisher = Publisher("amqp://guest:guest@127.0.0.1:1/", topology, "test", timeout=5)
+    try:
+        with pytest.raises(BrokerUnavailable):
+            publisher.append(submitted(1))
+    finally:
+        publisher.close()
