@@ -36,13 +36,23 @@ class BrokerUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Topology:
+    namespace: str
     events_stream: str
     response_exchange: str
     response_queue: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
-        return cls(settings.events_stream, settings.response_exchange, settings.response_queue)
+        return cls(
+            settings.namespace,
+            settings.events_stream,
+            settings.response_exchange,
+            settings.response_queue,
+        )
+
+    def connection_name(self, role: str) -> str:
+        """How RabbitMQ's management tools show a connection: `<namespace>/<role>`."""
+        return f"{self.namespace}/{role}"
 
     def declare(self, channel: Any) -> None:
         """Idempotent; every service declares the whole topology when it connects."""
@@ -168,7 +178,7 @@ class Publisher:
         if self._channel is None:
             if time.monotonic() < self._retry_at:
                 raise BrokerUnavailable("RabbitMQ is unreachable; retrying shortly")
-            self._connection = connect(self._url, self._name)
+            self._connection = connect(self._url, self._topology.connection_name(self._name))
             self._channel = self._connection.channel()
             self._channel.confirm_delivery()
             self._topology.declare(self._channel)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pika
 import sqlalchemy as sa
@@ -99,7 +99,9 @@ class StreamConsumer:
         self._buffer = []
         self._position = self._stored_position()
         start: Any = self._projection.start_at if self._position is None else self._position + 1
-        connection = connect(self._url, f"{self._projection.consumer}-consumer")
+        connection = connect(
+            self._url, self._topology.connection_name(f"{self._projection.consumer}-consumer")
+        )
         try:
             channel = connection.channel()
             self._topology.declare(channel)
@@ -198,10 +200,10 @@ class StreamConsumer:
             except sa.exc.IntegrityError:
                 raise ConcurrencyError(f"{consumer}: offset written by another process") from None
             return
-        updated = session.execute(
+        result = session.execute(
             table.update()
             .where(table.c.consumer == consumer, table.c.position == self._position)
             .values(position=position)
-        ).rowcount
-        if updated != 1:
+        )
+        if cast(sa.CursorResult[Any], result).rowcount != 1:
             raise ConcurrencyError(f"{consumer}: offset moved by another process")

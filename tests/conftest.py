@@ -7,6 +7,7 @@ queues, exchange) and its own databases, so tests never see each other's message
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -68,8 +69,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield from _fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
 
 
+@pytest.fixture(scope="session")
+def used_namespaces(amqp_url: str) -> Iterator[list[Settings]]:
+    """Every test's stream and queues, deleted once at the end: deleting a stream is slow."""
+    used: list[Settings] = []
+    yield used
+    _delete_topologies(amqp_url, used)
+
+
 @pytest.fixture
-def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
+def settings(amqp_url: str, tmp_path: Path, used_namespaces: list[Settings]) -> Settings:
     namespace = f"test-{uuid.uuid4().hex[:10]}"
     configured = replace(
         Settings(),
@@ -86,16 +95,25 @@ def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
         stop_grace=2.0,
         publish_timeout=5.0,
     )
-    yield configured
-    _delete_topology(configured)
+    used_namespaces.append(configured)
+    return configured
 
 
-def _delete_topology(settings: Settings) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+def _delete_topologies(amqp_url: str, used: list[Settings]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
     try:
-        channel = connection.channel()
-        channel.queue_delete(settings.events_stream)
-        channel.queue_delete(settings.response_queue)
-        channel.exchange_delete(settings.response_exchange)
+        for settings in used:
+            for kind, name in (
+                ("queue", settings.events_stream),
+                ("queue", settings.response_queue),
+                ("exchange", settings.response_exchange),
+            ):
+                if channel.is_closed:
+                    channel = connection.channel()
+                # Best effort: a namespace is unique, so a leftover harms nobody.
+                with contextlib.suppress(pika.exceptions.AMQPError):
+                    getattr(channel, f"{kind}_delete")(name)
     finally:
-        connection.close()
+        if connection.is_open:
+            connection.close()

@@ -28,7 +28,9 @@ def bad_request(message: str) -> ApiError:
 
 
 def _slug(title: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "error"
+    """falcon's own titles read like "404 Not Found": keep the words."""
+    words = re.sub(r"^\d+\s*", "", title).lower()
+    return re.sub(r"[^a-z0-9]+", "_", words).strip("_") or "error"
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:

@@ -84,13 +84,14 @@ class Jobs:
         resp.media = body
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        statuses = _statuses(req.get_param_as_list("status") or [])
+        requested = req.get_param_as_list("status", delimiter=",") or []
+        statuses = _statuses(requested)
         limit = _int_param(req, "limit", default=100, minimum=1, maximum=MAX_PAGE)
         cursor = _int_param(req, "cursor", default=None, minimum=0)
         page = self._deps.jobs.page(statuses, limit, cursor)
         next_url = None
         if page.next_cursor is not None:
-            status = ",".join(req.get_param_as_list("status") or [])
+            status = ",".join(requested)
             next_url = f"/jobs?limit={limit}&cursor={page.next_cursor}"
             next_url += f"&status={status}" if status else ""
         resp.media = {

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,14 +118,16 @@ def cluster_settings(settings: Settings) -> Settings:
     return replace(settings, api_bind=f"127.0.0.1:{free_port()}")
 
 
-@pytest.fixture
-def cluster(cluster_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
-    """API, scheduler and one runner, each a separate process, on a fresh namespace."""
+SERVICES = ("api", "scheduler", "runner")
+
+
+@contextmanager
+def running_cluster(settings: Settings, logs: Path) -> Iterator[Cluster]:
+    """Every service as its own process; afterwards stopped, and their containers removed."""
     client = docker_client()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    cluster = Cluster(cluster_settings, logs)
-    for service in ("api", "scheduler", "runner"):
+    logs.mkdir(exist_ok=True)
+    cluster = Cluster(settings, logs)
+    for service in SERVICES:
         cluster.start(service)
     wait_until(lambda: _answers(cluster.url), timeout=30, what="the API to answer")
     try:
@@ -132,12 +135,18 @@ def cluster(cluster_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
     finally:
         cluster.stop_all()
         for container in client.containers.list(
-            all=True, filters={"label": f"freight.namespace={cluster_settings.namespace}"}
+            all=True, filters={"label": f"freight.namespace={settings.namespace}"}
         ):
             container.remove(force=True)
-        for name in ("api", "scheduler", "runner"):
-            if (logs / f"{name}.log").exists():
-                sys.stderr.write(f"--- {name}\n{cluster.log_of(name)[-3000:]}\n")
+        for log in sorted(logs.glob("*.log")):
+            sys.stderr.write(f"--- {log.stem}\n{log.read_text(errors='replace')[-3000:]}\n")
+
+
+@pytest.fixture
+def cluster(cluster_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
+    """The whole system on a fresh namespace."""
+    with running_cluster(cluster_settings, tmp_path / "logs") as cluster:
+        yield cluster
 
 
 def _answers(url: str) -> bool:
