@@ -8,7 +8,7 @@ PYTHON ?= python3
 export FREIGHT_AMQP_URL ?= amqp://guest:guest@localhost:5672/
 export FREIGHT_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install up test lint bench docker clean
+.PHONY: install up test lint bench docker clean lock image
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,18 @@ lint: install
 
 bench: install docker
 	$(BIN)/python -m bench
+
+# The image's pinned dependencies, from pyproject.toml (pip-tools in a throwaway virtualenv).
+lock:
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet pip-tools
+	.lock-venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-trusted-host \
+		--no-emit-find-links --output-file requirements.lock pyproject.toml
+	rm -rf .lock-venv
+
+# The one image of every service (compose.yaml builds it too).
+image:
+	docker build -t freight:local .
 
 clean:
 	rm -rf $(VENV) .freight .pytest_cache .mypy_cache .ruff_cache

@@ -65,13 +65,20 @@ class Topology:
 
 
 def connect(amqp_url: str, name: str, heartbeat: int = 30) -> pika.BlockingConnection:
+    return pika.BlockingConnection(connection_parameters(amqp_url, name, heartbeat))
+
+
+def connection_parameters(amqp_url: str, name: str, heartbeat: int = 30) -> pika.URLParameters:
+    """FREIGHT_AMQP_URL as pika's parameters. `amqps://` is TLS (port 5671 unless named),
+    verified against the system's CAs or `?ssl_options={'ca_certs': '/path/ca.pem'}`; pika checks
+    that the broker's certificate names the URL's host."""
     params = pika.URLParameters(amqp_url)
     params.heartbeat = heartbeat
     params.blocked_connection_timeout = 30
     params.connection_attempts = 1
     params.socket_timeout = 5
     params.client_properties = {"connection_name": name}
-    return pika.BlockingConnection(params)
+    return params
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+EXECUTORS = ("docker", "local")
+
+
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 class ConfigError(ValueError):
@@ -15,7 +24,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    # Its credentials never show in a repr (nor does the secret key's value).
+    amqp_url: str = field(default="amqp://guest:guest@localhost:5672/", repr=False)
     home: Path = Path(".freight")
     namespace: str = "freight"
     response_exchange: str = "job_response"
@@ -28,13 +38,35 @@ class Settings:
     default_image: str = "busybox:stable"
     runner_id: str = socket.gethostname()
     runner_slots: int = os.cpu_count() or 1
+    runner_gpus: int | None = None  # simulated GPUs; None reads the real ones with NVML
+    runner_gpu_memory_mb: int = 16384  # the memory each simulated GPU reports
+    runner_cpus: float | None = None  # None: the host's CPU count
+    runner_memory_mb: int | None = None  # None: the host's memory
+    runner_executor: str = "docker"  # or "local": commands as subprocesses, no containers
     runner_deadline: float = 30.0
     heartbeat_interval: float = 5.0
     stop_grace: float = 10.0
     job_network: str = "none"
     job_workdir: str = "/job"
     max_request_bytes: int = 10 * 1024**3
+    # Files (docs/files.md): how long transfers may wait, what outputs are kept, and how long.
+    transfer_timeout: float = 30.0  # a file transfer's peer silent this long: it failed
+    input_deadline: float = 300.0  # inputs not in the container by then: the job fails
+    output_deadline: float = 600.0  # outputs not saved by then: given up, the job says so
+    max_output_bytes: int = 1024**3
+    max_output_files: int = 10_000
+    file_retention: float = 7 * 24 * 3600.0  # seconds a job's files outlive its end
+    upload_grace: float = 3600.0  # seconds an upload is kept before a job must refer to it
+    file_gc_interval: float = 60.0
     publish_timeout: float = 5.0
+    api_client_timeout: float = 30.0
+    # Security (docs/security.md): who may call the API, and what a job's container may touch.
+    api_tokens_file: Path | None = None  # None: local use, everyone an anonymous admin
+    secret_key: str | None = field(default=None, repr=False)  # seals jobs' secret_env
+    allowed_images: tuple[str, ...] = ()  # fnmatch patterns; empty: any image
+    job_pids_limit: int = 4096
+    job_default_memory_mb: int = 4096  # a job that names no memory gets this; 0: no limit
+    job_read_only: bool = False  # read-only root file system, a writable workdir and /tmp
     log_level: str = "INFO"
 
     @property
@@ -48,7 +80,9 @@ class Settings:
             return per_service
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.home / f'{service}.db').resolve()}"
+        # Several runners may share a host and its FREIGHT_HOME: each keeps its own file.
+        name = f"runner-{_file_safe(self.runner_id)}" if service == "runner" else service
+        return f"sqlite:///{(self.home / f'{name}.db').resolve()}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,13 +100,29 @@ class Settings:
                 value = kind(raw)
             except ValueError:
                 raise ConfigError(f"FREIGHT_{name}={raw!r} is not a {kind.__name__}") from None
-            if value < minimum:
+            if not math.isfinite(value) or value < minimum:
                 raise ConfigError(f"FREIGHT_{name}={raw!r} must be at least {minimum}")
             return value
 
+        def optional(name: str, kind: type, minimum: float) -> Any:
+            if not env.get(f"FREIGHT_{name}", "").strip():
+                return None
+            return number(name, minimum, kind, minimum)
+
+        network = text("JOB_NETWORK", defaults.job_network)
+        if network == "host" or network.startswith("container:"):
+            # The host's loopback holds RabbitMQ and the API: a job must never share it.
+            raise ConfigError(
+                f"FREIGHT_JOB_NETWORK={network!r} would share another network namespace with "
+                "jobs; use none (the default) or a Docker network made for them"
+            )
+        executor = text("RUNNER_EXECUTOR", defaults.runner_executor).lower()
+        if executor not in EXECUTORS:
+            raise ConfigError(f"FREIGHT_RUNNER_EXECUTOR={executor!r} must be one of {EXECUTORS}")
+
         services = ("api", "scheduler", "runner", "filestore")
         return cls(
-            amqp_url=text("AMQP_URL", defaults.amqp_url),
+            amqp_url=_amqp_url(env, defaults.amqp_url),
             home=Path(text("HOME", str(defaults.home))).expanduser(),
             namespace=text("NAMESPACE", defaults.namespace),
             response_exchange=text("RESPONSE_EXCHANGE", defaults.response_exchange),
@@ -89,14 +139,72 @@ class Settings:
             default_image=text("DEFAULT_IMAGE", defaults.default_image),
             runner_id=text("RUNNER_ID", defaults.runner_id),
             runner_slots=int(number("RUNNER_SLOTS", defaults.runner_slots, int, 1)),
+            runner_gpus=optional("RUNNER_GPUS", int, 0),
+            runner_gpu_memory_mb=int(
+                number("RUNNER_GPU_MEMORY_MB", defaults.runner_gpu_memory_mb, int, 1)
+            ),
+            runner_cpus=optional("RUNNER_CPUS", float, 0.01),
+            runner_memory_mb=optional("RUNNER_MEMORY_MB", int, 6),
+            runner_executor=executor,
             runner_deadline=number("RUNNER_DEADLINE", defaults.runner_deadline, minimum=0.1),
             heartbeat_interval=number(
                 "HEARTBEAT_INTERVAL", defaults.heartbeat_interval, minimum=0.05
             ),
             stop_grace=number("STOP_GRACE", defaults.stop_grace),
-            job_network=text("JOB_NETWORK", defaults.job_network),
+            job_network=network,
             job_workdir=text("JOB_WORKDIR", defaults.job_workdir),
             max_request_bytes=int(number("MAX_UPLOAD_BYTES", defaults.max_request_bytes, int)),
+            transfer_timeout=number("TRANSFER_TIMEOUT", defaults.transfer_timeout, minimum=0.1),
+            input_deadline=number("INPUT_DEADLINE", defaults.input_deadline, minimum=0.1),
+            output_deadline=number("OUTPUT_DEADLINE", defaults.output_deadline, minimum=0.1),
+            max_output_bytes=int(number("MAX_OUTPUT_BYTES", defaults.max_output_bytes, int)),
+            max_output_files=int(number("MAX_OUTPUT_FILES", defaults.max_output_files, int)),
+            file_retention=number("FILE_RETENTION", defaults.file_retention),
+            upload_grace=number("UPLOAD_GRACE", defaults.upload_grace, minimum=1),
+            file_gc_interval=number("FILE_GC_INTERVAL", defaults.file_gc_interval, minimum=0.1),
             publish_timeout=number("PUBLISH_TIMEOUT", defaults.publish_timeout, minimum=0.1),
+            api_client_timeout=number(
+                "API_CLIENT_TIMEOUT", defaults.api_client_timeout, minimum=0.1
+            ),
+            api_tokens_file=_path_or_none(env.get("FREIGHT_API_TOKENS_FILE")),
+            secret_key=env.get("FREIGHT_SECRET_KEY", "").strip() or None,
+            allowed_images=tuple(
+                p.strip() for p in env.get("FREIGHT_ALLOWED_IMAGES", "").split(",") if p.strip()
+            ),
+            job_pids_limit=int(number("JOB_PIDS_LIMIT", defaults.job_pids_limit, int, 16)),
+            job_default_memory_mb=int(
+                number("JOB_DEFAULT_MEMORY_MB", defaults.job_default_memory_mb, int, 0)
+            ),
+            job_read_only=_flag(env, "JOB_READ_ONLY", defaults.job_read_only),
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),
         )
+
+
+def _amqp_url(env: Mapping[str, str], default: str) -> str:
+    """FREIGHT_AMQP_URL, or the URL read from FREIGHT_AMQP_URL_FILE (a mounted secret, so the
+    broker's password is in no environment listing)."""
+    path = env.get("FREIGHT_AMQP_URL_FILE", "").strip()
+    if not path:
+        return env.get("FREIGHT_AMQP_URL", "").strip() or default
+    try:
+        url = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"FREIGHT_AMQP_URL_FILE={path!r} cannot be read: {exc}") from None
+    if not url:
+        raise ConfigError(f"FREIGHT_AMQP_URL_FILE={path!r} is empty")
+    return url
+
+
+def _path_or_none(raw: str | None) -> Path | None:
+    return Path(raw.strip()).expanduser() if raw and raw.strip() else None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(f"FREIGHT_{name}", "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"FREIGHT_{name}={raw!r} must be true or false")

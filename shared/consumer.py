@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -60,6 +60,7 @@ class StreamConsumer:
         batch_size: int = 500,
         tick_interval: float = 1.0,
         on_applied: Callable[[int], None] | None = None,
+        on_committed: Callable[[Sequence[Event]], None] | None = None,
     ):
         self._url = amqp_url
         self._topology = topology
@@ -68,6 +69,7 @@ class StreamConsumer:
         self._batch_size = batch_size
         self._tick_interval = tick_interval
         self._on_applied = on_applied
+        self._on_committed = on_committed  # metrics: sees each committed event once
         self._position: int | None = None
         self._buffer: list[_Delivery] = []
         self.dead_lettered = 0
@@ -83,8 +85,9 @@ class StreamConsumer:
         while not stop.is_set():
             try:
                 self._consume(stop)
-                backoff = 0.2
             except (*AMQP_ERRORS, ConcurrencyError, sa.exc.OperationalError) as exc:
+                if self.connected.is_set():
+                    backoff = 0.2  # it worked for a while: this is a new outage
                 self.connected.clear()
                 log.warning(
                     "%s: consumer interrupted (%r); retrying in %.1fs",
@@ -124,7 +127,14 @@ class StreamConsumer:
                 connection.process_data_events(time_limit=wait)
                 if self._buffer:
                     batch, self._buffer = self._buffer, []
-                    self._apply(batch)
+                    try:
+                        self._apply(batch)
+                    except sa.exc.IntegrityError as exc:
+                        if not self._offset_moved():
+                            raise  # the projection's own error, not a conflict
+                        raise ConcurrencyError(
+                            f"{self._projection.consumer}: another process applied these first"
+                        ) from exc
                     channel.basic_ack(batch[-1].tag, multiple=True)
                     self._projection.after_batch(caught_up=len(batch) < self._batch_size)
                 if time.monotonic() >= next_tick:
@@ -149,12 +159,14 @@ class StreamConsumer:
         if not fresh:
             return
         projection = self._projection
+        applied: list[Event] = []
         with Session(self._engine) as session, session.begin():
             for delivery in fresh:
                 try:
                     event = decode(delivery.body)
                     with session.begin_nested():
                         projection.apply(session, event, delivery.position)
+                    applied.append(event)
                 except sa.exc.DBAPIError:
                     raise  # the database failed, not the event: retry the whole batch
                 except (MalformedEvent, LookupError, TypeError, ValueError) as exc:
@@ -163,6 +175,14 @@ class StreamConsumer:
         self._position = fresh[-1].position
         if self._on_applied:
             self._on_applied(self._position)
+        if self._on_committed:
+            self._on_committed(applied)
+
+    def _offset_moved(self) -> bool:
+        """Another process projecting into the same tables (several API processes on one
+        database) may commit the same rows first: a duplicate key is then the offset conflict
+        seen early, and the batch is retried from the stored position."""
+        return self._stored_position() != self._position
 
     def _dead_letter(self, session: Session, delivery: _Delivery, exc: Exception) -> None:
         self.dead_lettered += 1

@@ -74,6 +74,12 @@ def alembic_config(service: str, connection: sa.Connection | None = None) -> Con
 def migrate(engine: sa.Engine, service: str, revision: str = "head") -> None:
     """Bring a service's schema to `revision` (alembic upgrade), the only way tables are made."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Services starting together on one empty database take turns, not collide.
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"freight-migrate-{service}"},
+            )
         command.upgrade(alembic_config(service, connection), revision)
 
 

@@ -20,12 +20,15 @@ SCHEMA_VERSION = 1
 class EventType(StrEnum):
     JOB_SUBMITTED = "JobSubmitted"
     JOB_CANCEL_REQUESTED = "JobCancelRequested"
+    JOB_WAITING = "JobWaiting"
     JOB_ASSIGNED = "JobAssigned"
     JOB_STARTED = "JobStarted"
     JOB_FINISHED = "JobFinished"
+    JOB_OUTPUTS_SAVED = "JobOutputsSaved"
     RUNNER_HEARTBEAT = "RunnerHeartbeat"
     RUNNER_LOST = "RunnerLost"
     SCHEDULER_STARTED = "SchedulerStarted"
+    FILESTORE_STARTED = "FilestoreStarted"
 
 
 class MalformedEvent(ValueError):

@@ -53,6 +53,9 @@ class JobView:
     image: str
     created_at: datetime
     gpus: int | None = None
+    gpu_memory: int | None = None  # MiB each assigned GPU must have
+    cpus: float | None = None
+    memory: int | None = None  # MiB, the container's limit
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
     max_attempts: int = 1
@@ -67,6 +70,12 @@ class JobView:
     outcome: Outcome | None = None
     reason: str | None = None
     cancel_requested: bool = False
+    # Who submitted it (a token's user name); jobs from local mode, or from before owners were
+    # recorded, belong to "anonymous", whom only admins see.
+    owner: str = "anonymous"
+    # Environment values sealed with FREIGHT_SECRET_KEY (shared/secret_env.py): only a runner
+    # opens them, when it creates the container.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -74,6 +83,7 @@ class JobView:
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
         out["env"] = dict(self.env)
+        out["secret_env"] = dict(self.secret_env)
         out["files"] = [dict(f) for f in self.files]
         out["assigned_gpus"] = [dict(g) for g in self.assigned_gpus]
         return out
@@ -105,6 +115,9 @@ def evolve(view: JobView | None, event: Event) -> JobView | None:
         return view
     data = event.data
     match event.type:
+        case EventType.JOB_WAITING:
+            if view.status == Status.QUEUED:
+                return replace(view, reason=data.get("reason"))
         case EventType.JOB_CANCEL_REQUESTED:
             if view.status in (Status.QUEUED, Status.PENDING):
                 return _ended(view, event, Outcome.CANCELLED, "cancelled", exit_code=None)
@@ -118,6 +131,7 @@ def evolve(view: JobView | None, event: Event) -> JobView | None:
                     runner=data.get("runner"),
                     assigned_gpus=tuple(data.get("gpus") or ()),
                     assigned_at=event.occurred_at,
+                    reason=None,  # why it waited no longer holds
                 )
         case EventType.JOB_STARTED:
             if view.status == Status.PENDING and data.get("attempt") == view.attempt:
@@ -137,10 +151,15 @@ def _submitted(event: Event) -> JobView:
         image=data["image"],
         created_at=event.occurred_at,
         gpus=data.get("gpus"),
+        gpu_memory=data.get("gpu_memory"),
+        cpus=data.get("cpus"),
+        memory=data.get("memory"),
         env=dict(data.get("env") or {}),
         timeout=data.get("timeout"),
         max_attempts=int(data.get("max_attempts") or 1),
         files=tuple(data.get("files") or ()),
+        owner=str(data.get("owner") or "anonymous"),
+        secret_env=dict(data.get("secret_env") or {}),
     )
 
 

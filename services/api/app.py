@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
-from services.api import errors
+from services.api import auth, errors, health
+from services.api.files import JobFiles
 from services.api.jobs import ApiDeps, Job, JobEvents, Jobs
+from services.api.logs import JobLogs
+from services.api.openapi import OpenApi
 
 
-class Health:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok"}
+class ClientTimeout:
+    """Bounds each read from a client's socket: a client that stops sending mid-request is
+    answered 408 after `seconds` instead of holding a worker thread forever."""
+
+    def __init__(self, seconds: float):
+        self._seconds = seconds
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        sock = req.env.get("gunicorn.socket")
+        if sock is not None:
+            sock.settimeout(self._seconds)
 
 
 def create_app(deps: ApiDeps) -> falcon.App:
-    app = falcon.App()
+    middleware: list[Any] = [
+        ClientTimeout(deps.settings.api_client_timeout),
+        # Every request is authenticated before any route sees it (docs/security.md).
+        auth.Authentication(auth.token_book(deps.settings)),
+    ]
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    # Any number of file[] parts: the request's size (FREIGHT_MAX_UPLOAD_BYTES) bounds them.
+    multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    multipart.parse_options.max_body_part_count = 0  # type: ignore[attr-defined]
     errors.install(app)
     jobs = Jobs(deps)
     app.add_route("/jobs", jobs)
     app.add_route("/submission", jobs)
     app.add_route("/jobs/{job_id}", Job(deps))
     app.add_route("/jobs/{job_id}/events", JobEvents(deps))
-    app.add_route("/healthz", Health())
+    files = JobFiles(deps)
+    app.add_route("/files", files)
+    app.add_route("/jobs/{job_id}/files", files)
+    app.add_route("/jobs/{job_id}/logs", JobLogs(deps))
+    health.install(app, deps.monitor)  # /healthz, /readyz, /metrics
+    app.add_route("/openapi.json", OpenApi())
     return app

@@ -58,6 +58,14 @@ def handle_broker_unavailable(
     )
 
 
+def handle_client_timeout(
+    req: falcon.Request, resp: falcon.Response, exc: TimeoutError, params: Any
+) -> None:
+    raise ApiError(
+        falcon.HTTP_408, "timeout", "the client stopped sending its request; nothing was accepted"
+    )
+
+
 def handle_unexpected(
     req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any
 ) -> None:
@@ -74,3 +82,4 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(InvalidRequest, handle_invalid_request)
     app.add_error_handler(BrokerUnavailable, handle_broker_unavailable)
+    app.add_error_handler(TimeoutError, handle_client_timeout)

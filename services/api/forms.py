@@ -29,6 +29,13 @@ def read_fields(req: falcon.Request, max_bytes: int, on_file: FileSink | None = 
     if media_type == falcon.MEDIA_URLENCODED:
         return _urlencoded_fields(req)
     if media_type == falcon.MEDIA_MULTIPART:
+        if req.content_length is None:
+            # falcon's form parser needs the length; every usual client sends it with files.
+            raise ApiError(
+                falcon.HTTP_411,
+                "length_required",
+                "a multipart form needs a Content-Length header; chunked bodies are not read",
+            )
         return _multipart_fields(req, on_file)
     raise ApiError(
         falcon.HTTP_415,
@@ -49,6 +56,8 @@ def _json_fields(req: falcon.Request) -> Fields:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest("body", f"is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidRequest("body", "is nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidRequest("body", "must be a JSON object")
     return {name: [value] for name, value in document.items() if value is not None}

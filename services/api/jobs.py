@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import falcon
 
+from services.api.auth import Caller, caller_of
 from services.api.errors import ApiError, bad_request, not_found
 from services.api.forms import read_fields
+from services.api.health import Monitor
 from services.api.store import JobStore, RecentSubmissions
-from services.api.submission import parse_job_request
+from services.api.submission import InvalidRequest, JobRequest, parse_job_request
+from services.api.uploads import InputUploads
 from shared.config import Settings
 from shared.events import Event, EventFactory, EventType
+from shared.filestore_client import FilestoreClient, RunnerFilesClient
 from shared.jobs import UNFINISHED, JobView, Status, evolve
+from shared.secret_env import SecretBox, masked
+
+if TYPE_CHECKING:
+    from services.api.files import OutputStore
 
 MAX_PAGE = 1000
+
+log = logging.getLogger(__name__)
 
 
 class EventLog(Protocol):
@@ -31,6 +42,11 @@ class ApiDeps:
     recent: RecentSubmissions
     new_event: EventFactory
     new_job_id: Callable[[], str]
+    monitor: Monitor | None = None  # /readyz and /metrics; absent in tests that need neither
+    # Files (services/api/files.py); absent in tests that send none.
+    filestore: FilestoreClient | None = None
+    runner_files: RunnerFilesClient | None = None
+    outputs: OutputStore | None = None
 
 
 def present(view: JobView) -> dict[str, Any]:
@@ -39,10 +55,15 @@ def present(view: JobView) -> dict[str, Any]:
     return {
         "job_id": view.job_id,
         "status": view.status.value,
+        "owner": view.owner,
         "command": view.command,
         "image": view.image,
         "gpus": view.gpus,
+        "gpu_memory": view.gpu_memory,
+        "cpus": view.cpus,
+        "memory": view.memory,
         "env": raw["env"],
+        "secret_env": masked(view.secret_env),
         "timeout": view.timeout,
         "max_attempts": view.max_attempts,
         "created_at": raw["created_at"],
@@ -52,7 +73,10 @@ def present(view: JobView) -> dict[str, Any]:
         "reason": view.reason,
         "runner": view.runner,
         "attempt": view.attempt,
-        "assigned_gpus": raw["assigned_gpus"],
+        "assigned_gpus": [
+            {"index": g.get("index"), "uuid": g.get("uuid"), "name": g.get("name")}
+            for g in view.assigned_gpus
+        ],
     }
 
 
@@ -64,11 +88,21 @@ class Jobs:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         deps = self._deps
-        fields = read_fields(req, deps.settings.max_request_bytes)
-        request = parse_job_request(fields, deps.settings.default_image)
+        caller = caller_of(req)
+        inputs = InputUploads(deps.filestore, deps.settings)
+        try:
+            fields = read_fields(req, deps.settings.max_request_bytes, on_file=inputs.receive)
+            settings = deps.settings
+            request = parse_job_request(fields, settings.default_image, settings.allowed_images)
+            secrets = _sealed_secret_env(request, settings)
+        except BaseException:
+            inputs.discard()  # not after a failed append: the job may be in the log even so
+            raise
         job_id = deps.new_job_id()
-        submitted = deps.new_event(EventType.JOB_SUBMITTED, job_id, **request.event_data())
+        data = {**request.event_data(), **inputs.event_data(), "owner": caller.name, **secrets}
+        submitted = deps.new_event(EventType.JOB_SUBMITTED, job_id, **data)
         deps.log.append(submitted)
+        log.info("accepted job %s from %s (image %s)", job_id, caller.name, request.image)
         view = evolve(None, submitted)
         assert view is not None
         deps.recent.add(view)
@@ -88,7 +122,9 @@ class Jobs:
         statuses = _statuses(requested)
         limit = _int_param(req, "limit", default=100, minimum=1, maximum=MAX_PAGE)
         cursor = _int_param(req, "cursor", default=None, minimum=0)
-        page = self._deps.jobs.page(statuses, limit, cursor)
+        caller = caller_of(req)
+        owner = None if caller.is_admin else caller.name  # a user lists their own jobs only
+        page = self._deps.jobs.page(statuses, limit, cursor, owner=owner)
         next_url = None
         if page.next_cursor is not None:
             status = ",".join(requested)
@@ -108,11 +144,11 @@ class Job:
         self._deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = present(find_job(self._deps, job_id))
+        resp.media = present(find_job(self._deps, job_id, caller_of(req)))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         deps = self._deps
-        view = find_job(deps, job_id)
+        view = find_job(deps, job_id, caller_of(req))
         if view.status.is_terminal:
             raise ApiError(
                 falcon.HTTP_409,
@@ -120,6 +156,7 @@ class Job:
                 f"job {job_id} already ended ({view.status.value}); there is nothing to cancel",
             )
         deps.log.append(deps.new_event(EventType.JOB_CANCEL_REQUESTED, job_id))
+        log.info("cancel requested for job %s (%s)", job_id, view.status.value)
         resp.status = falcon.HTTP_202
         message = (
             f"job {job_id} is shutting down"
@@ -136,16 +173,40 @@ class JobEvents:
         self._deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        find_job(self._deps, job_id)
-        events = self._deps.jobs.events(job_id)
+        find_job(self._deps, job_id, caller_of(req))
+        events = [_without_secrets(e) for e in self._deps.jobs.events(job_id)]
         resp.media = {"job_id": job_id, "count": len(events), "events": events}
 
 
-def find_job(deps: ApiDeps, job_id: str) -> JobView:
+def find_job(deps: ApiDeps, job_id: str, caller: Caller) -> JobView:
+    """The job, if the caller may see it. Another user's job is answered exactly as a missing
+    one, so that nobody learns which ids exist."""
     view = deps.jobs.get(job_id) or deps.recent.get(job_id)
-    if view is None:
+    if view is None or not caller.may_see(view.owner):
         raise not_found(f"no job with id {job_id!r}")
     return view
+
+
+def _sealed_secret_env(request: JobRequest, settings: Settings) -> dict[str, Any]:
+    """JobSubmitted's `secret_env`: the values sealed, so the log never holds them in clear."""
+    if not request.secret_env:
+        return {}
+    box = SecretBox.from_settings(settings)
+    if box is None:
+        raise InvalidRequest(
+            "secret_env",
+            "this Freight has no FREIGHT_SECRET_KEY, so it cannot keep secrets; its operator "
+            "can set one (docs/security.md)",
+        )
+    return {"secret_env": box.seal(request.secret_env)}
+
+
+def _without_secrets(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as users see it: sealed values are shown by name only."""
+    data = event.get("data")
+    if not isinstance(data, dict) or not data.get("secret_env"):
+        return event
+    return {**event, "data": {**data, "secret_env": masked(data["secret_env"])}}
 
 
 def _statuses(values: list[str]) -> list[Status] | None:

@@ -11,14 +11,24 @@ import falcon
 from gunicorn.app.base import BaseApplication
 
 from services.api.app import create_app
+from services.api.auth import check_exposure
+from services.api.files import OutputStore
+from services.api.health import ApiMetrics, Monitor, max_lag_from_env
 from services.api.jobs import ApiDeps
 from services.api.projection import ApiProjection
+from services.api.projector import project_while_leading, projector_role
+from services.api.runners import RunnerBoard
 from services.api.store import JobStore, RecentSubmissions
 from shared.bus import Publisher, Topology
 from shared.config import Settings
 from shared.consumer import StreamConsumer
 from shared.db import create_engine, migrate
 from shared.events import EventFactory
+from shared.filestore_client import FilestoreClient, RunnerFilesClient
+from shared.leader import LeaderLock
+from shared.metrics import ProjectionCollector, StreamTail
+from shared.rpc import Node, NodeConfig
+from shared.secret_env import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +38,27 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
     engine = create_engine(settings.database_url_for("api"))
     topology = Topology.from_settings(settings)
     publisher = Publisher(settings.amqp_url, topology, "api", settings.publish_timeout)
-    projection = ApiProjection(engine, publisher, settings.response_exchange)
-    consumer = StreamConsumer(settings.amqp_url, topology, engine, projection)
-    threading.Thread(target=consumer.run, args=(stop,), name="api-projection", daemon=True).start()
+    projection = RunnerBoard(ApiProjection(engine, publisher, settings.response_exchange))
+    metrics = ApiMetrics(engine, projection.consumer, settings.runner_deadline)
+    consumer = StreamConsumer(
+        settings.amqp_url, topology, engine, projection, on_committed=metrics.committed
+    )
+    position = ProjectionCollector(
+        engine,
+        projection.consumer,
+        projection.offsets,
+        projection.dead_letters,
+        StreamTail(settings.amqp_url, topology),
+    )
+    metrics.watch(position)
+    lock = LeaderLock(settings.amqp_url, topology, projector_role(settings.database_url_for("api")))
+    threading.Thread(
+        target=project_while_leading,
+        args=(lock, consumer, stop),
+        name="api-projection",
+        daemon=True,
+    ).start()
+    files = files_node(settings, topology)
     deps = ApiDeps(
         settings=settings,
         log=publisher,
@@ -38,8 +66,22 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
         recent=RecentSubmissions(),
         new_event=EventFactory("api"),
         new_job_id=lambda: str(uuid.uuid4()),
+        monitor=Monitor(engine, metrics, position, max_lag_from_env()),
+        filestore=FilestoreClient(files, settings.namespace),
+        runner_files=RunnerFilesClient(files, settings.namespace),
+        outputs=OutputStore(engine),
     )
     return create_app(deps)
+
+
+def files_node(settings: Settings, topology: Topology) -> Node:
+    """The worker's end of file transfers (uploads, downloads, live reads), on its own
+    connections so a large file never delays an event's append."""
+    publisher = Publisher(settings.amqp_url, topology, "api-files", settings.publish_timeout)
+    config = NodeConfig(
+        settings.amqp_url, f"{settings.namespace}.api", timeout=settings.transfer_timeout
+    )
+    return Node(config, publisher).start(wait=2.0)
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -66,6 +108,10 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def serve(settings: Settings) -> None:
+    # Before anything binds: no tokens, no address but loopback (raises ConfigError).
+    exposure = check_exposure(settings)
+    SecretBox.from_settings(settings)  # a malformed FREIGHT_SECRET_KEY stops it here
     migrate(create_engine(settings.database_url_for("api")), "api")
+    log.info(exposure)
     log.info("API listening on http://%s", settings.api_bind)
     _Gunicorn(settings).run()

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.api import schema
+from services.api.files import record_outputs
 from shared.bus import BrokerUnavailable, Message, Publisher
-from shared.events import Event
+from shared.events import Event, EventType
 from shared.jobs import JobView, evolve
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def job_response(view: JobView) -> dict[str, Any]:
     return {
         "job_id": view.job_id,
         "status": view.status.value,
+        "owner": view.owner,
         "exit_code": view.exit_code,
         "reason": view.reason,
         "finished_at": view.finished_at.isoformat() if view.finished_at else None,
@@ -57,6 +59,8 @@ class ApiProjection:
                 body=event.to_dict(),
             )
         )
+        if event.type == EventType.JOB_OUTPUTS_SAVED:
+            record_outputs(session, event)
         row = session.execute(
             sa.select(schema.jobs.c.view).where(schema.jobs.c.job_id == event.job_id)
         ).first()
@@ -71,6 +75,7 @@ class ApiProjection:
                     position=position,
                     status=after.status.value,
                     view=after.to_dict(),
+                    owner=after.owner,
                 )
             )
         else:

@@ -14,7 +14,10 @@ jobs = sa.Table(
     sa.Column("position", sa.BigInteger, nullable=False, unique=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("view", sa.JSON, nullable=False),
+    # The token's user who submitted it (docs/security.md): users list their own jobs only.
+    sa.Column("owner", sa.String(200), nullable=False, server_default="anonymous"),
     sa.Index("api_jobs_status_position", "status", "position"),
+    sa.Index("api_jobs_owner_status_position", "owner", "status", "position"),
 )
 
 events = sa.Table(
@@ -34,6 +37,37 @@ outbox = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("job_id", sa.String(36), nullable=False),
     sa.Column("body", sa.JSON, nullable=False),
+)
+
+# Every runner's latest heartbeat, kept for /metrics (runner capacity and use).
+runners = sa.Table(
+    "api_runners",
+    metadata,
+    sa.Column("runner_id", sa.String(200), primary_key=True),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lost", sa.Boolean, nullable=False),
+    sa.Column("heartbeat", sa.JSON, nullable=False),
+)
+
+# What each attempt saved (JobOutputsSaved), for GET /files once the job has ended. Paths may be
+# 4096 bytes, more than an index entry holds, so they are looked up by their sha1.
+job_files = sa.Table(
+    "api_job_files",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("path_key", sa.String(40), primary_key=True),
+    sa.Column("parent_key", sa.String(40), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mode", sa.String(8), nullable=False),
+    sa.Column("modified", sa.String(40), nullable=True),
+    sa.Column("digest", sa.String(71), nullable=True),
+    sa.Column("target", sa.Text, nullable=True),
+    sa.Column("skipped", sa.Text, nullable=True),  # why it was not saved
+    sa.Index("api_job_files_parent", "job_id", "attempt", "parent_key"),
 )
 
 offsets = offsets_table(metadata, "api")

@@ -33,10 +33,21 @@ class JobStore:
             ).scalar_one_or_none()
         return JobView.from_dict(view) if view is not None else None
 
-    def page(self, statuses: Sequence[Status] | None, limit: int, before: int | None) -> Page:
-        """Newest first; `before` is the cursor a previous page returned."""
+    def page(
+        self,
+        statuses: Sequence[Status] | None,
+        limit: int,
+        before: int | None,
+        owner: str | None = None,
+    ) -> Page:
+        """Newest first; `before` is the cursor a previous page returned; `owner` (if given)
+        keeps that user's jobs only."""
         jobs = schema.jobs
-        where = [jobs.c.status.in_([s.value for s in statuses])] if statuses else []
+        where: list[sa.ColumnElement[bool]] = []
+        if statuses:
+            where.append(jobs.c.status.in_([s.value for s in statuses]))
+        if owner is not None:
+            where.append(jobs.c.owner == owner)
         query = sa.select(jobs.c.position, jobs.c.view).where(*where)
         if before is not None:
             query = query.where(jobs.c.position < before)

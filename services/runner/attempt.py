@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.runner.executor import (
     LABEL_ATTEMPT,
@@ -22,6 +22,11 @@ from services.runner.executor import (
 from shared.bus import BrokerUnavailable
 from shared.events import Event, EventFactory, EventType
 from shared.jobs import JobView, Outcome
+from shared.secret_env import SecretBox, SecretUnavailable, open_secret_env
+
+if TYPE_CHECKING:
+    from services.runner.files import AttemptFiles
+    from services.runner.logs import OutputShipper
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,9 @@ class RunnerContext:
     network: str
     workdir: str
     stop_grace: float
+    simulated_gpus: bool = False  # FREIGHT_RUNNER_GPUS: name them to the job, attach nothing
+    files: AttemptFiles | None = None  # inputs in, outputs out (services/runner/files.py)
+    secrets: SecretBox | None = None  # opens jobs' secret_env (FREIGHT_SECRET_KEY)
 
 
 class AttemptControl:
@@ -82,10 +90,12 @@ class Attempt:
         self._ctx = ctx
         self.control = control
         self._on_done = on_done
+        self._shipper: OutputShipper | None = None  # its output, on its way to the filestore
 
     def run(self) -> None:
         ctx = self._ctx
         container_id = None
+        started = False
         ending = Ending(Outcome.ERROR, "freight error: the attempt ended unexpectedly")
         try:
             spec = self._spec()
@@ -98,8 +108,13 @@ class Attempt:
                 ending = self._stopped_ending(exit_code=None)
                 return
             if not (found and found.started):
+                self._place_inputs(container_id)
                 ctx.executor.start(container_id)
-            self._emit(EventType.JOB_STARTED, container=container_id[:12])
+            started = True
+            if self._ctx.files is not None:
+                self._shipper = self._ctx.files.ship_output(container_id, self.job)
+            # Once the container runs, its start must reach the log, even through an outage.
+            self._emit(EventType.JOB_STARTED, always=True, container=container_id[:12])
             ending = self._supervise(container_id)
         except ExecutorError as exc:
             ending = Ending(Outcome.ERROR, f"freight error: {exc}")
@@ -107,6 +122,8 @@ class Attempt:
             log.exception("attempt %s/%d crashed", self.job.job_id, self.attempt)
             ending = Ending(Outcome.ERROR, f"freight error: {exc!r}")
         finally:
+            if started and container_id is not None:
+                ending = self._save_outputs(container_id, ending)
             self._finish(ending)
             if container_id is not None:
                 ctx.executor.remove(container_id)
@@ -114,11 +131,16 @@ class Attempt:
 
     def _spec(self) -> ContainerSpec:
         ctx = self._ctx
+        try:
+            # Opened only here, for the container: never logged, never in an event.
+            secrets = open_secret_env(ctx.secrets, self.job.secret_env)
+        except SecretUnavailable as exc:
+            raise ExecutorError(str(exc)) from None
         return ContainerSpec(
             name=container_name(ctx.namespace, self.job.job_id, self.attempt),
             image=self.job.image,
             command=self.job.command,
-            env=self.job.env,
+            env={**self.job.env, **secrets},
             labels={
                 LABEL_JOB: self.job.job_id,
                 LABEL_ATTEMPT: str(self.attempt),
@@ -127,6 +149,10 @@ class Attempt:
             },
             workdir=ctx.workdir,
             network=ctx.network,
+            gpus=tuple(str(g["uuid"]) for g in self.job.assigned_gpus),
+            simulated_gpus=ctx.simulated_gpus,
+            cpus=self.job.cpus,
+            memory_mb=self.job.memory,
         )
 
     def _supervise(self, container_id: str) -> Ending:
@@ -170,6 +196,31 @@ class Attempt:
             return Ending(Outcome.SUCCEEDED, None, 0)
         return Ending(Outcome.FAILED, f"exit code {status.exit_code}", status.exit_code)
 
+    def _place_inputs(self, container_id: str) -> None:
+        if self.job.files and self._ctx.files is None:
+            raise ExecutorError("this runner cannot put input files in place")
+        if self._ctx.files is not None:
+            self._ctx.files.place_inputs(container_id, self.job)
+
+    def _save_outputs(self, container_id: str, ending: Ending) -> Ending:
+        """Whatever the outcome, keep what the job wrote before its container goes."""
+        if self._ctx.files is None:
+            return ending
+        try:
+            # The filestore then has all it printed, and makes /.freight/stdout and stderr of it.
+            log_complete = (
+                self._shipper is not None and self._ctx.files.finish_output(self._shipper) is None
+            )
+            saved = self._ctx.files.save_outputs(container_id, self.job, log_complete)
+        except Exception:  # noqa: BLE001 - the job must still end
+            log.exception("saving the outputs of %s/%d crashed", self.job.job_id, self.attempt)
+            return ending
+        self._emit(EventType.JOB_OUTPUTS_SAVED, always=True, **saved.event_data())
+        if saved.error and ending.outcome == Outcome.SUCCEEDED:
+            # The user's results are lost: the job did not complete, by our fault.
+            return Ending(Outcome.ERROR, f"freight error: {saved.error}", ending.exit_code)
+        return ending
+
     def _stopped_ending(self, exit_code: int | None) -> Ending:
         outcome = self.control.stop_outcome or Outcome.CANCELLED
         return Ending(outcome, self.control.stop_reason or outcome.value, exit_code)
@@ -202,7 +253,7 @@ class Attempt:
             except BrokerUnavailable as exc:
                 if not always:
                     raise ExecutorError(f"could not record {type.value}: {exc}") from None
-                # The end of a job must reach the log: keep trying until the broker is back.
+                # Keep trying until the broker is back: the fact happened and must be told.
                 log.warning("retrying %s for job %s: %s", type.value, self.job.job_id, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from services.runner import schema
 from services.runner.attempt import Attempt, AttemptControl, RunnerContext
+from services.runner.gpus import HostResources
 from shared.bus import BrokerUnavailable
 from shared.events import Event, EventType
 from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
@@ -38,11 +39,13 @@ class RunnerProjection:
         slots: int,
         heartbeat_interval: float,
         clock: Callable[[], datetime],
+        resources: HostResources | None = None,
     ):
         self.consumer = f"runner:{ctx.runner_id}"
         self._engine = engine
         self._ctx = ctx
         self._slots = slots
+        self._resources = resources or HostResources.without_gpus()
         self._heartbeat_interval = heartbeat_interval
         self._clock = clock
         self._next_heartbeat = 0.0
@@ -159,8 +162,8 @@ class RunnerProjection:
         ).start()
 
     def _attempt_done(self, attempt: Attempt) -> None:
-        with self._lock:
-            self._live.pop((attempt.job.job_id, attempt.attempt), None)
+        # Recorded as finished before it leaves the live set: in between, a reconcile would
+        # take it for a container to re-adopt.
         with self._engine.begin() as connection:
             connection.execute(
                 schema.attempts.update()
@@ -170,17 +173,18 @@ class RunnerProjection:
                 )
                 .values(finished_at=self._clock())
             )
+        with self._lock:
+            self._live.pop((attempt.job.job_id, attempt.attempt), None)
 
     def send_heartbeat(self) -> None:
         with self._lock:
-            running = [f"{job_id}/{n}" for job_id, n in self._live]
+            live = list(self._live.values())
         heartbeat = self._ctx.new_event(
             EventType.RUNNER_HEARTBEAT,
             None,
             runner=self._ctx.runner_id,
-            slots=self._slots,
-            gpus=[],
-            running=running,
+            running=[f"{a.job.job_id}/{a.attempt}" for a in live],
+            **self._resources.report(self._slots, [a.job for a in live]),
         )
         try:
             self._ctx.log.append(heartbeat)

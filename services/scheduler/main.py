@@ -1,6 +1,14 @@
-"""`freight serve scheduler`: one active scheduler over the log."""
+"""`freight serve scheduler`: one active scheduler over the log; any others stand by.
+
+A standby takes over within seconds of the active one dying (the leader lock is RabbitMQ's
+exclusive queue). A new leader replays the log before it places anything, so a takeover never
+places a job twice.
+"""
 
 from __future__ import annotations
+
+import logging
+import threading
 
 from services.scheduler.projection import SchedulerProjection
 from shared.bus import Publisher, Topology
@@ -8,13 +16,33 @@ from shared.config import Settings
 from shared.consumer import StreamConsumer
 from shared.db import create_engine, migrate
 from shared.events import EventFactory, utcnow
+from shared.leader import LeaderLock
+from shared.metrics import export_projection, serve_metrics_from_env
 from shared.runtime import stop_on_signals
+
+log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> None:
+    stop = stop_on_signals()
+    serve_metrics_from_env()  # a standby answers scrapes too
+    topology = Topology.from_settings(settings)
+    lock = LeaderLock(settings.amqp_url, topology, "scheduler")
+    while not stop.is_set():
+        lead, lost = threading.Event(), threading.Event()
+        threading.Thread(
+            target=lock.hold, args=(stop, lead, lost), name="leader-lock", daemon=True
+        ).start()
+        while not (stop.is_set() or lead.wait(0.5)):
+            pass
+        if lead.is_set():
+            # `lost` is also set when `stop` is: either way this leadership is over.
+            schedule(settings, topology, until=lost)
+
+
+def schedule(settings: Settings, topology: Topology, until: threading.Event) -> None:
     engine = create_engine(settings.database_url_for("scheduler"))
     migrate(engine, "scheduler")
-    topology = Topology.from_settings(settings)
     publisher = Publisher(settings.amqp_url, topology, "scheduler", settings.publish_timeout)
     projection = SchedulerProjection(
         engine,
@@ -23,8 +51,13 @@ def serve(settings: Settings) -> None:
         runner_deadline=settings.runner_deadline,
         clock=utcnow,
     )
-    consumer = StreamConsumer(settings.amqp_url, topology, engine, projection)
+    on_committed, unwatch = export_projection(settings.amqp_url, topology, engine, projection)
+    consumer = StreamConsumer(
+        settings.amqp_url, topology, engine, projection, on_committed=on_committed
+    )
     try:
-        consumer.run(stop_on_signals())
+        consumer.run(until)
     finally:
+        unwatch()
         publisher.close()
+        engine.dispose()

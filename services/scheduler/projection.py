@@ -20,6 +20,12 @@ from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
 log = logging.getLogger(__name__)
 
 MAX_QUEUE_SCAN = 5000
+# Wait reasons told per pass, head of the queue first: when capacity churns, the log gets a
+# bounded trickle of JobWaiting, never a flood; the rest are told in the passes that follow.
+MAX_REASONS_PER_PASS = 100
+# Most jobs are placed at once: a reason is told only once a job has waited a moment, so a
+# job submitted while a runner is still starting keeps a short history.
+REASON_DELAY = timedelta(seconds=1)
 
 
 class SchedulerProjection:
@@ -44,6 +50,8 @@ class SchedulerProjection:
         self._started = time.monotonic()
         # Decisions published but not yet read back from the log, counted against capacity.
         self._in_flight: dict[str, Placement] = {}
+        # Wait reasons published but perhaps not yet read back: each is told once, on change.
+        self._told: dict[str, str] = {}
         self._declared_lost: set[str] = set()
         # Placement waits until the scheduler reads back its own SchedulerStarted: everything
         # before it has been replayed, so no decision is taken on a stale view of the queue.
@@ -80,6 +88,7 @@ class SchedulerProjection:
             return
         if after.status != Status.QUEUED:
             self._in_flight.pop(after.job_id, None)
+            self._told.pop(after.job_id, None)
         values = {"status": after.status.value, "runner": after.runner, "view": after.to_dict()}
         if before is None:
             session.execute(jobs.insert().values(job_id=after.job_id, position=position, **values))
@@ -134,8 +143,12 @@ class SchedulerProjection:
             if not queued:
                 return
             capacity = self._free_capacity(connection)
-        placements = place(queued, capacity)
-        if not placements:
+        plan = place(queued, capacity)
+        placements = plan.placements
+        # Right after a (re)start, no runner heard from yet means nothing: they get a deadline.
+        settled = capacity or not self._within_first_deadline()
+        reasons = self._changed_reasons(queued, plan.waiting) if settled else {}
+        if not placements and not reasons:
             return
         events = [
             self._new_event(
@@ -147,16 +160,36 @@ class SchedulerProjection:
             )
             for p in placements
         ]
+        events += [
+            self._new_event(EventType.JOB_WAITING, job_id, reason=reason)
+            for job_id, reason in reasons.items()
+        ]
         try:
             self._log.append(*events)
         except BrokerUnavailable as exc:
-            log.warning("could not publish %d placements: %s", len(events), exc)
+            log.warning("could not publish %d placements and reasons: %s", len(events), exc)
             return
+        self._told.update(reasons)
         for p in placements:
             self._in_flight[p.job_id] = p
             log.info("placed job %s on %s (attempt %d)", p.job_id, p.runner_id, p.attempt)
 
+    def _changed_reasons(self, queued: list[JobView], waiting: dict[str, str]) -> dict[str, str]:
+        changed: dict[str, str] = {}
+        now = self._clock()
+        for job in queued:
+            reason = waiting.get(job.job_id)
+            if reason is None or reason == self._told.get(job.job_id, job.reason):
+                continue
+            if now - job.created_at < REASON_DELAY:
+                continue
+            changed[job.job_id] = reason
+            if len(changed) >= MAX_REASONS_PER_PASS:
+                break
+        return changed
+
     def _free_capacity(self, connection: sa.Connection) -> list[RunnerCapacity]:
+        """Each live runner's reported capacity, less what its active and in-flight jobs hold."""
         cutoff = self._clock() - self._deadline
         live = connection.execute(
             sa.select(schema.runners).where(
@@ -164,31 +197,21 @@ class SchedulerProjection:
             )
         ).all()
         active = connection.execute(
-            sa.select(schema.jobs.c.runner, schema.jobs.c.view).where(
-                schema.jobs.c.status.in_([s.value for s in ACTIVE])
-            )
-        ).all()
-        used: dict[str, int] = {}
-        held: set[str] = set()
-        for row in active:
-            used[row.runner] = used.get(row.runner, 0) + 1
-            held.update(g["uuid"] for g in row.view.get("assigned_gpus") or ())
-        for p in self._in_flight.values():
-            used[p.runner_id] = used.get(p.runner_id, 0) + 1
-            held.update(g["uuid"] for g in p.gpus)
-        return [
-            RunnerCapacity(
-                runner_id=r.runner_id,
-                slots=int(r.capacity.get("slots") or 0),
-                used_slots=used.get(r.runner_id, 0),
-                free_gpus=tuple(g for g in r.capacity.get("gpus") or () if g["uuid"] not in held),
-            )
-            for r in live
-        ]
+            sa.select(schema.jobs.c.view).where(schema.jobs.c.status.in_([s.value for s in ACTIVE]))
+        ).scalars()
+        holds = [_hold_of(JobView.from_dict(view)) for view in active]
+        holds += self._in_flight.values()
+        by_runner: dict[str, list[Placement]] = {}
+        for hold in holds:
+            by_runner.setdefault(hold.runner_id, []).append(hold)
+        return [_capacity_of(r.runner_id, r.capacity, by_runner.get(r.runner_id, [])) for r in live]
+
+    def _within_first_deadline(self) -> bool:
+        return time.monotonic() - self._started < self._deadline.total_seconds()
 
     def declare_silent_runners_lost(self) -> None:
         # After a (re)start, give every runner a full deadline to be heard from.
-        if not self.caught_up or time.monotonic() - self._started < self._deadline.total_seconds():
+        if not self.caught_up or self._within_first_deadline():
             return
         cutoff = self._clock() - self._deadline
         with self._engine.connect() as connection:
@@ -245,3 +268,32 @@ class SchedulerProjection:
             self._deadline,
             len(jobs),
         )
+
+
+def _hold_of(job: JobView) -> Placement:
+    """What an active job holds on its runner, in the placement's terms."""
+    return Placement(
+        job.job_id,
+        job.runner or "",
+        job.attempt,
+        tuple(job.assigned_gpus),
+        job.cpus or 0.0,
+        job.memory or 0,
+    )
+
+
+def _capacity_of(
+    runner_id: str, reported: dict[str, Any], holds: list[Placement]
+) -> RunnerCapacity:
+    cpus, memory_mb = reported.get("cpus"), reported.get("memory_mb")
+    return RunnerCapacity(
+        runner_id=runner_id,
+        slots=int(reported.get("slots") or 0),
+        gpus=tuple(reported.get("gpus") or ()),
+        cpus=None if cpus is None else float(cpus),
+        memory_mb=None if memory_mb is None else int(memory_mb),
+        used_slots=len(holds),
+        held_gpus=frozenset(str(g["uuid"]) for h in holds for g in h.gpus),
+        used_cpus=sum(h.cpus for h in holds),
+        used_memory_mb=sum(h.memory_mb for h in holds),
+    )

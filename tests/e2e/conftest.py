@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,7 @@ class Cluster:
     settings: Settings
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started_as: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -71,6 +72,7 @@ class Cluster:
 
     def start(self, service: str, name: str | None = None, **overrides: Any) -> None:
         name = name or service
+        self.started_as[name] = (service, overrides)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "freight.cli", "serve", service],
@@ -78,6 +80,11 @@ class Cluster:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def restart(self, name: str) -> None:
+        """Start again what was started under this name, with the same settings."""
+        service, overrides = self.started_as[name]
+        self.start(service, name, **overrides)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
@@ -118,17 +125,57 @@ def cluster_settings(settings: Settings) -> Settings:
     return replace(settings, api_bind=f"127.0.0.1:{free_port()}")
 
 
-SERVICES = ("api", "scheduler", "runner")
+@pytest.fixture(scope="module")
+def module_cluster_settings(
+    amqp_url: str, tmp_path_factory: pytest.TempPathFactory, used_namespaces: list[Settings]
+) -> Settings:
+    """cluster_settings for a module whose quick checks share one cluster (as the `settings`
+    fixture makes them: a namespace and a home of its own)."""
+    import uuid
+    from dataclasses import replace
+
+    from tests.conftest import TEST_IMAGE
+
+    namespace = f"test-{uuid.uuid4().hex[:10]}"
+    configured = replace(
+        Settings(),
+        amqp_url=amqp_url,
+        home=tmp_path_factory.mktemp("home"),
+        namespace=namespace,
+        response_exchange=f"{namespace}.job_response",
+        response_queue=f"{namespace}.job_response",
+        default_image=TEST_IMAGE,
+        runner_id=f"{namespace}-runner",
+        runner_slots=4,
+        heartbeat_interval=0.5,
+        runner_deadline=30.0,
+        stop_grace=2.0,
+        api_bind=f"127.0.0.1:{free_port()}",
+    )
+    used_namespaces.append(configured)
+    return configured
+
+
+SERVICES = ("filestore", "api", "scheduler", "runner")
 
 
 @contextmanager
-def running_cluster(settings: Settings, logs: Path) -> Iterator[Cluster]:
-    """Every service as its own process; afterwards stopped, and their containers removed."""
+def running_cluster(
+    settings: Settings,
+    logs: Path,
+    runner_overrides: dict[str, Any] | None = None,
+    start: Callable[[Cluster], None] | None = None,
+) -> Iterator[Cluster]:
+    """Every service as its own process (or those `start` starts); afterwards stopped, and
+    their containers removed."""
     client = docker_client()
     logs.mkdir(exist_ok=True)
     cluster = Cluster(settings, logs)
-    for service in SERVICES:
-        cluster.start(service)
+    if start is not None:
+        start(cluster)
+    for service in SERVICES if start is None else ():
+        overrides = (runner_overrides or {}) if service == "runner" else {}
+        cluster.start(service, **overrides)
     wait_until(lambda: _answers(cluster.url), timeout=30, what="the API to answer")
     try:
         yield cluster
@@ -143,10 +190,43 @@ def running_cluster(settings: Settings, logs: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def cluster(cluster_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
+def runner_overrides() -> dict[str, Any]:
+    """FREIGHT_* settings for the cluster's runner; a test module may override this fixture."""
+    return {}
+
+
+@pytest.fixture
+def cluster(
+    cluster_settings: Settings, tmp_path: Path, runner_overrides: dict[str, Any]
+) -> Iterator[Cluster]:
     """The whole system on a fresh namespace."""
-    with running_cluster(cluster_settings, tmp_path / "logs") as cluster:
+    with running_cluster(cluster_settings, tmp_path / "logs", runner_overrides) as cluster:
         yield cluster
+
+
+class User(requests.Session):
+    """A user of a cluster that requires tokens: every request carries the user's token."""
+
+    def __init__(self, url: str, name: str, token: str | None):
+        super().__init__()
+        self.url, self.name = url, name
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        return super().request(method, f"{self.url}{url!s}", *args, **kwargs)
+
+    def submit(self, command: str, **fields: Any) -> str:
+        response = self.post("/jobs", json={"command": command, **fields})
+        assert response.status_code == 201, response.text
+        return str(response.json()["job_id"])
+
+    def wait_for(self, job_id: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            job = self.get(f"/jobs/{job_id}").json()
+            return job if job["status"] in statuses else None
+
+        return wait_until(reached, timeout=timeout, what=f"job {job_id} to reach {statuses}")
 
 
 def _answers(url: str) -> bool:

@@ -97,13 +97,14 @@ def test_job_events_tell_its_history(cluster):
     cluster.wait_for_status(job_id, "COMPLETE")
     history = wait_until(
         lambda: (
-            (h := requests.get(f"{cluster.url}/jobs/{job_id}/events").json())["count"] == 4 and h
+            (h := requests.get(f"{cluster.url}/jobs/{job_id}/events").json())["count"] == 5 and h
         ),
-        what="four events",
+        what="five events",
     )
     assert [e["type"] for e in history["events"]] == [
         "JobSubmitted",
         "JobAssigned",
         "JobStarted",
+        "JobOutputsSaved",
         "JobFinished",
     ]

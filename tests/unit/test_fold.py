@@ -219,3 +219,40 @@ def test_view_round_trips_through_its_stored_form():
 def test_runner_events_do_not_touch_jobs():
     view = fold([submitted()])
     assert evolve(view, ev(EventType.RUNNER_HEARTBEAT, None, runner="r1", slots=2)) == view
+
+
+def waiting(reason: str) -> Event:
+    return ev(EventType.JOB_WAITING, reason=reason)
+
+
+def test_resources_asked_for_are_carried():
+    view = fold([submitted(gpus=2, gpu_memory=40000, cpus=1.5, memory=2048)])
+    assert (view.gpus, view.gpu_memory, view.cpus, view.memory) == (2, 40000, 1.5, 2048)
+
+
+def test_waiting_job_says_why_until_it_is_assigned():
+    view = fold([submitted(gpus=2), waiting("waiting for 2 GPUs; most free on one runner: 1")])
+    assert view.status == Status.QUEUED
+    assert view.reason == "waiting for 2 GPUs; most free on one runner: 1"
+    view = fold([submitted(gpus=2), waiting("first"), waiting("second")])
+    assert view.reason == "second"
+    gpu = {"index": 0, "uuid": "GPU-1", "name": "Test", "memory_mb": 16384}
+    view = evolve(view, ev(EventType.JOB_ASSIGNED, runner="r1", attempt=1, gpus=[gpu]))
+    assert view.status == Status.PENDING and view.reason is None
+    assert view.assigned_gpus == (gpu,)
+
+
+def test_a_late_wait_reason_changes_nothing():
+    life = [submitted(), assigned(), started()]
+    assert fold([*life, waiting("too late")]) == fold(life)
+    ended = [*life, finished()]
+    assert fold([*ended, waiting("too late")]) == fold(ended)
+
+
+def test_views_stored_before_resources_existed_still_load():
+    stored = fold([submitted(), assigned()]).to_dict()
+    for key in ("gpu_memory", "cpus", "memory"):
+        del stored[key]
+    view = JobView.from_dict(stored)
+    assert (view.gpu_memory, view.cpus, view.memory) == (None, None, None)
+    assert view.status == Status.PENDING

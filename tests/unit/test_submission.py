@@ -59,3 +59,35 @@ def test_bad_fields_are_rejected_by_name(fields, field):
     with pytest.raises(InvalidRequest) as info:
         parse(**fields)
     assert info.value.field == field
+
+
+def test_resources_from_a_form_or_json():
+    request = parse(command="x", gpus="2", gpu_memory="40000", cpus="1.5", memory="2048")
+    assert (request.gpu_memory, request.cpus, request.memory) == (40000, 1.5, 2048)
+    data = parse(command="x", cpus=2, memory=64).event_data()
+    assert (data["cpus"], data["memory"]) == (2.0, 64)
+    assert parse(command="x").event_data()["cpus"] is None
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"cpus": "0"}, "cpus"),
+        ({"cpus": "-1"}, "cpus"),
+        ({"cpus": "0.001"}, "cpus"),
+        ({"cpus": "inf"}, "cpus"),
+        ({"cpus": "many"}, "cpus"),
+        ({"cpus": True}, "cpus"),
+        ({"memory": "5"}, "memory"),
+        ({"memory": "1.5"}, "memory"),
+        ({"memory": "lots"}, "memory"),
+        ({"memory": str(1 << 40)}, "memory"),
+        ({"gpus": "1", "gpu_memory": "0"}, "gpu_memory"),
+        ({"gpu_memory": "1000"}, "gpu_memory"),
+        ({"gpus": "0", "gpu_memory": "1000"}, "gpu_memory"),
+    ],
+)
+def test_bad_resources_are_rejected_by_name(fields, field):
+    with pytest.raises(InvalidRequest) as info:
+        parse(command="x", **fields)
+    assert info.value.field == field

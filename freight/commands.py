@@ -1,0 +1,304 @@
+"""The user's commands (`freight submit`, `ls`, `logs`...), built on the SDK. Each takes the
+parsed arguments and returns the process's exit code (see EXIT_* and docs/client.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from freight import render
+from freight.client import Client
+from freight.errors import WaitTimedOut
+from freight.models import Job
+from freight.progress import ProgressBar, Spinner
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the API refused the request, or the job failed without an exit code
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3  # no answer from Freight, or it is up but unavailable (503)
+EXIT_WAIT_TIMED_OUT = 124  # as timeout(1): `wait --timeout` ran out, the job goes on
+EXIT_INTERRUPTED = 130
+
+Command = Callable[[Client, argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """Arguments that parse but make no sense (a missing local file, a bad KEY=VALUE)."""
+
+
+def add_user_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """The `freight` subcommands for people who submit jobs; `common` brings --json."""
+
+    def add(name: str, run: Command, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, help=help, description=help, parents=[common]
+        )
+        parser.set_defaults(run=run)
+        return parser
+
+    submit = add("submit", submit_job, "submit a job: freight submit [options] -- COMMAND...")
+    submit.add_argument("--gpus", type=int, metavar="N", help="number of GPUs the job needs")
+    submit.add_argument("--image", metavar="IMAGE", help="container image (default: the server's)")
+    submit.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="environment variable"
+    )
+    submit.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="LOCAL[:DEST]",
+        help="upload LOCAL to DEST in the job (default: its name, under /job)",
+    )
+    submit.add_argument("--timeout", type=float, metavar="S", help="kill the job after S seconds")
+    submit.add_argument("--max-attempts", type=int, metavar="N", help="retries if Freight fails")
+    submit.add_argument(
+        "--wait", action="store_true", help="wait for the end; exit with the job's exit code"
+    )
+    submit.add_argument(
+        "--follow", action="store_true", help="print the output as it runs, then as --wait"
+    )
+    submit.add_argument(
+        "words",
+        nargs="+",
+        metavar="COMMAND",
+        help="one argument is a shell command line; several are quoted as one command",
+    )
+
+    ls = add("ls", list_jobs, "list jobs, newest first (unfinished ones unless --all/--status)")
+    ls.add_argument("--all", action="store_true", help="every job, finished ones too")
+    ls.add_argument(
+        "--status", action="append", default=[], metavar="S", help="e.g. RUNNING or FAILED,COMPLETE"
+    )
+
+    add("status", show_job, "show one job").add_argument("job_id", metavar="ID")
+
+    logs = add("logs", show_logs, "print a job's output")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
+    logs.add_argument("--stream", choices=("stdout", "stderr"), help="only this stream")
+    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("job_id", metavar="ID")
+
+    add("cancel", cancel_job, "stop a job").add_argument("job_id", metavar="ID")
+    add("events", show_events, "a job's history, from the event log").add_argument(
+        "job_id", metavar="ID"
+    )
+
+    wait = add("wait", wait_for_job, "wait for a job to end; exit with its exit code")
+    wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+    wait.add_argument("job_id", metavar="ID")
+
+    files = commands.add_parser("files", help="a job's files", description="a job's files")
+    actions = files.add_subparsers(dest="files_command", required=True, metavar="{ls,get}")
+    files_ls = actions.add_parser(
+        "ls", help="list a directory of the job", parents=[common], description="list a directory"
+    )
+    files_ls.set_defaults(run=list_files)
+    files_ls.add_argument("job_id", metavar="ID")
+    files_ls.add_argument("path", metavar="PATH", nargs="?", default="/job")
+    files_get = actions.add_parser(
+        "get", help="download a file of the job", parents=[common], description="download a file"
+    )
+    files_get.set_defaults(run=get_file)
+    files_get.add_argument("job_id", metavar="ID")
+    files_get.add_argument("path", metavar="PATH")
+    files_get.add_argument(
+        "-o", "--output", metavar="LOCAL", help="where to save it (default: its name; - = stdout)"
+    )
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def submit_job(client: Client, args: argparse.Namespace) -> int:
+    uploads = [_upload(spec) for spec in args.file]
+    env = dict(_env_pair(pair) for pair in args.env)
+    bar = ProgressBar("uploading", _total_size(uploads)) if uploads else None
+    submitted = client.submit(
+        _command_line(args.words),
+        gpus=args.gpus,
+        image=args.image,
+        env=env,
+        timeout=args.timeout,
+        max_attempts=args.max_attempts,
+        files=uploads,
+        on_upload=bar.show if bar else None,
+    )
+    if bar:
+        bar.close()
+    job_id = submitted.job_id
+    if args.follow:
+        _note(f"job {job_id} submitted")
+        if args.json:
+            _print_json(submitted.raw)
+        _print_log_lines(client, job_id, None, None, args.json)
+    elif not (args.wait and args.json):
+        if args.json:
+            _print_json(submitted.raw)
+        else:
+            print(job_id, flush=True)
+    if not (args.wait or args.follow):
+        return EXIT_OK
+    return _finish(client, job_id, None, args.json)
+
+
+def list_jobs(client: Client, args: argparse.Namespace) -> int:
+    statuses = [s.strip().upper() for value in args.status for s in value.split(",") if s.strip()]
+    jobs = client.list("all" if args.all else statuses or None)
+    if args.json:
+        _print_json([j.raw for j in jobs])
+    else:
+        print(render.jobs_table(jobs))
+    return EXIT_OK
+
+
+def show_job(client: Client, args: argparse.Namespace) -> int:
+    job = client.get(args.job_id)
+    print(json.dumps(job.raw) if args.json else render.job_details(job))
+    return EXIT_OK
+
+
+def show_logs(client: Client, args: argparse.Namespace) -> int:
+    if args.json or args.follow:
+        # Following goes line by line so that each line shows as soon as it is whole.
+        _print_log_lines(client, args.job_id, args.stream, args.tail, args.json, args.follow)
+        return EXIT_OK
+    out = sys.stdout.buffer
+    for chunk in client.log_stream(args.job_id, stream=args.stream, tail=args.tail):
+        out.write(chunk)
+    out.flush()
+    return EXIT_OK
+
+
+def cancel_job(client: Client, args: argparse.Namespace) -> int:
+    cancelled = client.cancel(args.job_id)
+    print(json.dumps(dict(cancelled.raw)) if args.json else cancelled.message)
+    return EXIT_OK
+
+
+def show_events(client: Client, args: argparse.Namespace) -> int:
+    events = client.events(args.job_id)
+    if args.json:
+        _print_json([e.raw for e in events])
+    else:
+        print(render.events_table(events))
+    return EXIT_OK
+
+
+def wait_for_job(client: Client, args: argparse.Namespace) -> int:
+    return _finish(client, args.job_id, args.timeout, args.json)
+
+
+def list_files(client: Client, args: argparse.Namespace) -> int:
+    entries = client.files_ls(args.job_id, args.path)
+    if args.json:
+        _print_json([e.raw for e in entries])
+    else:
+        print(render.files_table(entries))
+    return EXIT_OK
+
+
+def get_file(client: Client, args: argparse.Namespace) -> int:
+    name = os.path.basename(args.path.rstrip("/")) or "download"
+    if args.output == "-":
+        written = client.files_get(args.job_id, args.path, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    local = Path(args.output or name).expanduser()
+    local = local / name if local.is_dir() else local
+    with ProgressBar(f"downloading {name}", None) as bar:
+        written = client.files_get(args.job_id, args.path, local, on_download=bar.show)
+    if args.json:
+        saved = {"job_id": args.job_id, "path": args.path, "local": str(local), "size": written}
+        _print_json(saved)
+    else:
+        _note(f"saved {args.path} to {local} ({written} bytes)")
+    return EXIT_OK
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _finish(client: Client, job_id: str, timeout: float | None, as_json: bool) -> int:
+    """Wait for the end with a spinner; the exit code is the job's."""
+    with Spinner(f"job {job_id}") as spinner:
+
+        def show(job: Job) -> None:
+            spinner.text = f"job {job_id} {job.status}"
+
+        try:
+            job = client.wait(job_id, timeout=timeout, on_status=show)
+        except WaitTimedOut as exc:
+            _note(f"freight: {exc}")
+            return EXIT_WAIT_TIMED_OUT
+    if as_json:
+        _print_json(job.raw)
+    else:
+        print(render.final_line(job), file=sys.stderr)
+    return job_exit_code(job)
+
+
+def job_exit_code(job: Job) -> int:
+    if job.status == "COMPLETE":
+        return EXIT_OK
+    if job.exit_code is not None and job.exit_code != 0:
+        return job.exit_code & 0xFF
+    return EXIT_FAILED
+
+
+def _print_log_lines(
+    client: Client,
+    job_id: str,
+    stream: str | None,
+    tail: int | None,
+    as_json: bool,
+    follow: bool = True,
+) -> None:
+    lines = (
+        client.follow(job_id, stream=stream, tail=tail)
+        if follow
+        else client.logs(job_id, stream=stream, tail=tail).splitlines()
+    )
+    for line in lines:
+        print(json.dumps({"job_id": job_id, "line": line}) if as_json else line, flush=True)
+
+
+def _command_line(words: list[str]) -> str:
+    """One word is taken as a shell command line as is ('make && ./run > log'); several are
+    quoted so that the job runs exactly that argv (python -c 'print(1)')."""
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
+def _upload(spec: str) -> tuple[str, str]:
+    """LOCAL[:DEST] -> (local, dest); a local name that exists is taken whole, colons and all."""
+    local, dest = (spec, "") if os.path.exists(spec) else spec.partition(":")[::2]
+    if not os.path.exists(local):
+        raise UsageError(f"--file {spec}: no such file {local!r}")
+    if os.path.isdir(local):
+        raise UsageError(f"--file {spec}: {local!r} is a directory; upload files (or a tarball)")
+    return local, dest or os.path.basename(local)
+
+
+def _env_pair(pair: str) -> tuple[str, str]:
+    name, sep, value = pair.partition("=")
+    if not sep or not name:
+        raise UsageError(f"--env {pair!r}: expected NAME=VALUE")
+    return name, value
+
+
+def _total_size(uploads: list[tuple[str, str]]) -> int:
+    return sum(os.path.getsize(local) for local, _ in uploads)
+
+
+def _print_json(value: Any) -> None:
+    """One document per line: a single answer parses as JSON, a stream as JSON Lines."""
+    print(json.dumps(value), flush=True)
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,438 @@
+"""`GET /openapi.json`: the OpenAPI 3.1 description of every route.
+
+tests/unit/test_openapi.py holds it to the app's routes both ways, so a new route fails the suite
+until it is described here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+ERRORS = {
+    400: "The request is malformed; `message` names the field to fix.",
+    401: "No valid API token (missing, malformed or unknown: the answer is the same). "
+    "Send `Authorization: Bearer <token>`.",
+    404: "No such job (or file).",
+    409: "The job is in a state that forbids this.",
+    413: "The request is larger than the server accepts.",
+    415: "Unsupported Content-Type.",
+    503: "Freight can't serve this now (its broker, a runner or the filestore is away); "
+    "nothing was changed. Retry after `Retry-After` seconds.",
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    # Every route but the probes needs a token, so every one may answer 401.
+    named = {str(code): {"$ref": f"#/components/responses/E{code}"} for code in (401, *codes)}
+    # Any other error (405, 500...) has the same shape.
+    return named | {"default": {"$ref": "#/components/responses/Error"}}
+
+
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The id `POST /jobs` returned.",
+}
+
+NULLABLE_STR = {"type": ["string", "null"]}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "examples": ["not_found", "invalid_request"]},
+            "message": {"type": "string", "description": "What happened and what to do."},
+        },
+    },
+    "Status": {
+        "type": "string",
+        "enum": ["QUEUED", "PENDING", "RUNNING", "COMPLETE", "FAILED"],
+        "description": "QUEUED: accepted, waiting for capacity. PENDING: given to a runner, "
+        "being prepared. RUNNING: container started. COMPLETE: exit code 0. FAILED: any other "
+        "end; `reason` says why (exit code N, cancelled, timed out, lost, freight error).",
+    },
+    "Submission": {
+        "type": "object",
+        "required": ["command"],
+        "properties": {
+            "command": {"type": "string", "description": "Shell command run with `sh -c`."},
+            "gpus": {"type": "integer", "minimum": 0},
+            "image": {"type": "string", "description": "Container image; server default."},
+            "env": {
+                "description": "An object, or (in a form) repeated `KEY=VALUE` fields.",
+                "oneOf": [
+                    {"type": "object", "additionalProperties": {"type": "string"}},
+                    {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$"}},
+                    {"type": "string", "pattern": "^[^=]+=.*$"},
+                ],
+            },
+            "secret_env": {
+                "description": "Like `env`, but stored sealed (FREIGHT_SECRET_KEY) and shown by "
+                "name only; refused with 400 where the server has no key.",
+                "oneOf": [
+                    {"type": "object", "additionalProperties": {"type": "string"}},
+                    {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$"}},
+                    {"type": "string", "pattern": "^[^=]+=.*$"},
+                ],
+            },
+            "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds."},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 10},
+        },
+    },
+    "MultipartSubmission": {
+        "allOf": [_ref("Submission")],
+        "properties": {
+            "file[]": {
+                "type": "array",
+                "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                "description": "Input files; each part's filename is its destination path in "
+                "the job (relative paths land under /job).",
+            }
+        },
+    },
+    "Submitted": {
+        "type": "object",
+        "required": ["job_id", "command", "status"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "command": {"type": "string"},
+            "status": _ref("Status"),
+            "gpus": {"type": "integer", "description": "Present when GPUs were asked for."},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job_id", "status", "command"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "status": _ref("Status"),
+            "owner": {"type": "string", "description": "The user whose token submitted it."},
+            "command": {"type": "string"},
+            "image": {"type": "string"},
+            "gpus": {"type": ["integer", "null"]},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "secret_env": {
+                "type": "object",
+                "additionalProperties": {"const": "***"},
+                "description": "The secret variables' names; their values are never shown.",
+            },
+            "timeout": {"type": ["number", "null"]},
+            "max_attempts": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": NULLABLE_TIME,
+            "finished_at": NULLABLE_TIME,
+            "exit_code": {"type": ["integer", "null"]},
+            "reason": NULLABLE_STR,
+            "runner": NULLABLE_STR,
+            "attempt": {"type": ["integer", "null"]},
+            "assigned_gpus": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["count", "results", "next"],
+        "properties": {
+            "count": {"type": "integer", "description": "Jobs matching, over all pages."},
+            "results": {"type": "array", "items": _ref("Job")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "Relative URL of the next page, null on the last.",
+            },
+        },
+    },
+    "Cancellation": {
+        "type": "object",
+        "required": ["id", "message"],
+        "properties": {"id": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Event": {
+        "type": "object",
+        "required": ["event_id", "type", "occurred_at", "producer", "schema_version", "data"],
+        "properties": {
+            "event_id": {"type": "string", "format": "uuid"},
+            "type": {"type": "string", "examples": ["JobSubmitted", "JobFinished"]},
+            "job_id": NULLABLE_STR,
+            "occurred_at": {"type": "string", "format": "date-time"},
+            "producer": {"type": "string"},
+            "schema_version": {"type": "integer"},
+            "data": {"type": "object"},
+        },
+    },
+    "EventList": {
+        "type": "object",
+        "required": ["job_id", "count", "events"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "count": {"type": "integer"},
+            "events": {"type": "array", "items": _ref("Event")},
+        },
+    },
+    "FileEntry": {
+        "type": "object",
+        "required": ["name", "path", "type"],
+        "properties": {
+            "name": {"type": "string"},
+            "path": {"type": "string"},
+            "type": {"type": "string", "enum": ["file", "dir", "symlink", "other"]},
+            "size": {"type": "integer"},
+            "mode": {"type": "string", "description": "Permission bits in octal, e.g. 0644."},
+            "modified": NULLABLE_TIME,
+            "target": {"type": "string", "description": "A symlink's target."},
+        },
+    },
+    "FileListing": {
+        "type": "object",
+        "required": ["path", "entries"],
+        "properties": {
+            "path": {"type": "string"},
+            "entries": {"type": "array", "items": _ref("FileEntry")},
+        },
+    },
+}
+
+SUBMIT = {
+    "summary": "Submit a job",
+    "description": "Answers 201 once the JobSubmitted event is confirmed in the log.",
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": _ref("Submission")},
+            "multipart/form-data": {"schema": _ref("MultipartSubmission")},
+            "application/x-www-form-urlencoded": {"schema": _ref("Submission")},
+        },
+    },
+    "responses": {
+        "201": {
+            **_json(_ref("Submitted"), "The job is in the log."),
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
+        **_errors(400, 413, 415, 503),
+    },
+}
+
+LIST = {
+    "summary": "List jobs, newest first",
+    "parameters": [
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "Comma-separated statuses, or `all`. Default: the unfinished ones.",
+        },
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+        {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    ],
+    "responses": {"200": _json(_ref("JobList"), "One page of jobs."), **_errors(400)},
+}
+
+PATH = {
+    "name": "path",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Absolute path in the job's file system, e.g. /job/out.txt.",
+}
+
+FILES = {
+    "summary": "A file's bytes, or a directory's top-level entries",
+    "description": "Read live from the container while the job runs, from what it saved once "
+    "it has ended. A file comes with Content-Length and Content-Disposition; a directory as "
+    "JSON without Content-Disposition.",
+    "parameters": [PATH],
+    "responses": {
+        "200": {
+            "description": "The file, or the directory listing.",
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                },
+                JSON: {"schema": _ref("FileListing")},
+            },
+        },
+        "409": _json(_ref("Error"), "The job has not started: no files to read yet."),
+        "410": _json(_ref("Error"), "The file was deleted after FREIGHT_FILE_RETENTION."),
+        **_errors(400, 404, 503),
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/jobs": {
+        "post": {**SUBMIT, "operationId": "submitJob"},
+        "get": {**LIST, "operationId": "listJobs"},
+    },
+    "/submission": {
+        "post": {
+            **SUBMIT,
+            "operationId": "submitJobLegacy",
+            "description": "The original document's name for `POST /jobs`.",
+        },
+        "get": {**LIST, "operationId": "listJobsLegacy", "description": "Same as `GET /jobs`."},
+    },
+    "/jobs/{job_id}": {
+        "parameters": [JOB_ID],
+        "get": {
+            "operationId": "getJob",
+            "summary": "One job",
+            "responses": {"200": _json(_ref("Job"), "The job."), **_errors(404)},
+        },
+        "delete": {
+            "operationId": "cancelJob",
+            "summary": "Cancel a job",
+            "description": "A queued job ends at once; a running one is stopped. "
+            "Either way it ends FAILED with reason `cancelled`.",
+            "responses": {
+                "202": _json(_ref("Cancellation"), "Termination is scheduled."),
+                **_errors(404, 409, 503),
+            },
+        },
+    },
+    "/jobs/{job_id}/events": {
+        "parameters": [JOB_ID],
+        "get": {
+            "operationId": "getJobEvents",
+            "summary": "The job's history: its events from the log, in order",
+            "responses": {"200": _json(_ref("EventList"), "The events."), **_errors(404)},
+        },
+    },
+    "/jobs/{job_id}/logs": {
+        "parameters": [JOB_ID],
+        "get": {
+            "operationId": "getJobLogs",
+            "summary": "The job's output",
+            "parameters": [
+                {
+                    "name": "stream",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["stdout", "stderr"]},
+                    "description": "Only this stream; both interleaved by default.",
+                },
+                {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "schema": {"type": "boolean"},
+                    "description": "Stream as the job runs; the response ends when it ends.",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The output: text (chunked while following), or with "
+                    "`Accept: text/event-stream` one `data:` event per line and a final "
+                    "`event: end`.",
+                    "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(400, 404),
+            },
+        },
+    },
+    "/jobs/{job_id}/files": {
+        "parameters": [JOB_ID],
+        "get": {**FILES, "operationId": "getJobFile"},
+    },
+    "/files": {
+        "get": {
+            **FILES,
+            "operationId": "getFile",
+            "description": "The original document's `/files`, scoped to a job by `job_id`.",
+            "parameters": [{**JOB_ID, "in": "query"}, PATH],
+        }
+    },
+    "/healthz": {
+        "get": {
+            "operationId": "health",
+            "summary": "Liveness",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, "The API process answers.")},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "ready",
+            "summary": "Readiness: database and RabbitMQ answer, the projection is caught up",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object"}, "Ready; `checks` shows each check."),
+                "503": _json(_ref("Error"), "Not ready; `message` says which check fails."),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics: jobs by state, queue depth, runners, latencies",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **_errors(503),
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": {
+                "200": _json({"type": "object"}, "The OpenAPI 3.1 document."),
+                **_errors(),
+            },
+        }
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Freight",
+        "version": "1",
+        "description": "Run commands as jobs in containers with GPUs. When a job ends a message "
+        "{job_id, status, owner, exit_code, reason, finished_at} is published on the topic "
+        "exchange `job_response` (routing key: the job id) and lands in the durable queue "
+        "`job_response`.",
+    },
+    "paths": PATHS,
+    # Every operation needs a token unless it says `security: []` (the probes).
+    "security": [{"bearer": []}],
+    "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token from `freight token add NAME`. Without "
+                "FREIGHT_API_TOKENS_FILE (local mode, loopback only) none is needed.",
+            }
+        },
+        "schemas": SCHEMAS,
+        "responses": {
+            "Error": _json(_ref("Error"), "An error."),
+            **{f"E{code}": _json(_ref("Error"), text) for code, text in ERRORS.items()},
+        },
+    },
+}
+
+
+class OpenApi:
+    """`/openapi.json`."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = DOCUMENT

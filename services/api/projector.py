@@ -1,0 +1,47 @@
+"""One projector per API database.
+
+Several API processes behind a load balancer share one PostgreSQL database. Were each to project,
+they would race for the same offset: every batch applied by all of them, committed by one, the
+others rolled back, reconnected and replayed, and their projections paused by the consumer's
+backoff. So the processes sharing a database elect one of them (RabbitMQ's exclusive queue, as
+the scheduler does); the others serve reads from the tables it keeps and take over within
+seconds of its death. Processes with a database of their own (SQLite on their host) each lead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+
+from sqlalchemy.engine import make_url
+
+from shared.consumer import StreamConsumer
+from shared.leader import LeaderLock
+
+
+def projector_role(database_url: str, host: str | None = None) -> str:
+    """The leader lock's name: the same for every process writing the same database."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        # A SQLite file is shared only by the processes of one host (gunicorn's workers).
+        where = f"{host or socket.gethostname()}:{url.database}"
+    else:
+        where = f"{url.get_backend_name()}://{url.host}:{url.port}/{url.database}"
+    return "api-projection-" + hashlib.sha256(where.encode()).hexdigest()[:12]
+
+
+def project_while_leading(
+    lock: LeaderLock, consumer: StreamConsumer, stop: threading.Event
+) -> None:
+    """Run `consumer` whenever this process holds `lock`, until `stop` is set."""
+    while not stop.is_set():
+        lead, lost = threading.Event(), threading.Event()
+        threading.Thread(
+            target=lock.hold, args=(stop, lead, lost), name="api-projector-lock", daemon=True
+        ).start()
+        while not (stop.is_set() or lead.wait(0.5)):
+            pass
+        if lead.is_set():
+            # `lost` is also set when `stop` is: either way this process stops projecting.
+            consumer.run(lost)

@@ -1,0 +1,95 @@
+"""The runners as the API knows them: each one's latest heartbeat, for /metrics.
+
+A decorator around the API's job projection, so that projection stays about jobs: it folds
+`RunnerHeartbeat` and `RunnerLost` into `api_runners` in the same transaction, then hands every
+event on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from services.api import schema
+from shared.consumer import Projection
+from shared.events import Event, EventType
+
+
+class RunnerBoard:
+    def __init__(self, jobs: Projection):
+        self._jobs = jobs
+        self.consumer = jobs.consumer
+        self.start_at = jobs.start_at
+        self.offsets = jobs.offsets
+        self.dead_letters = jobs.dead_letters
+
+    def apply(self, session: Session, event: Event, position: int) -> None:
+        if event.type == EventType.RUNNER_HEARTBEAT:
+            record_heartbeat(session, event)
+        elif event.type == EventType.RUNNER_LOST:
+            session.execute(
+                schema.runners.update()
+                .where(schema.runners.c.runner_id == str(event.data["runner"]))
+                .values(lost=True)
+            )
+        self._jobs.apply(session, event, position)
+
+    def after_batch(self, caught_up: bool) -> None:
+        self._jobs.after_batch(caught_up)
+
+    def tick(self) -> None:
+        self._jobs.tick()
+
+
+def record_heartbeat(session: Session, event: Event) -> None:
+    runners = schema.runners
+    runner_id = str(event.data["runner"])
+    values = {"last_seen": event.occurred_at, "lost": False, "heartbeat": dict(event.data)}
+    last_seen = session.execute(
+        sa.select(runners.c.last_seen).where(runners.c.runner_id == runner_id)
+    ).scalar_one_or_none()
+    if last_seen is None:
+        session.execute(runners.insert().values(runner_id=runner_id, **values))
+    elif as_utc(last_seen) <= event.occurred_at:
+        session.execute(runners.update().where(runners.c.runner_id == runner_id).values(**values))
+
+
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time Freight stores is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class RunnerUse:
+    """A runner's capacity and what its running jobs hold, as its last heartbeat told."""
+
+    runner_id: str
+    slots: int
+    slots_used: int
+    gpus: int
+    gpus_used: int
+
+    @classmethod
+    def from_heartbeat(cls, runner_id: str, heartbeat: Mapping[str, Any]) -> RunnerUse:
+        slots = int(heartbeat.get("slots") or 0)
+        gpus = _count(heartbeat.get("gpus"))
+        free = heartbeat.get("free")
+        if isinstance(free, Mapping):
+            free_slots = int(free.get("slots") or 0)
+            free_gpus = _count(free.get("gpus"))
+        else:  # a heartbeat from before `free` was reported
+            free_slots = max(0, slots - len(heartbeat.get("running") or ()))
+            free_gpus = gpus
+        return cls(runner_id, slots, slots - free_slots, gpus, max(0, gpus - free_gpus))
+
+
+def _count(gpus: Any) -> int:
+    """GPUs are reported as a list (of descriptions or ids) or as a number."""
+    if isinstance(gpus, list | tuple):
+        return len(gpus)
+    return int(gpus or 0)

@@ -1,0 +1,133 @@
+"""The `freight` command as a user runs it: a subprocess, FREIGHT_URL pointing at the services."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.conftest import free_port
+from tests.routes import routed, wired_app
+
+# GET /jobs/{job_id}/logs is being built alongside this client: these run once it is routed.
+needs_logs_route = pytest.mark.skipif(
+    ("/jobs/{job_id}/logs", "get") not in routed(wired_app()),
+    reason="GET /jobs/{job_id}/logs is not routed in services/api/app.py yet",
+)
+
+
+def freight(*args: str, env: dict[str, str], timeout: float = 60):
+    return subprocess.run(
+        [sys.executable, "-m", "freight.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Cli:
+    """Runs `freight` pointed at the test's services (their namespaced job_response too)."""
+
+    def __init__(self, cluster):
+        self.env = {
+            "FREIGHT_URL": cluster.url,
+            "FREIGHT_AMQP_URL": cluster.settings.amqp_url,
+            "FREIGHT_RESPONSE_EXCHANGE": cluster.settings.response_exchange,
+        }
+
+    def __call__(self, *args: str, timeout: float = 60):
+        return freight(*args, env=self.env, timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "freight.cli", *args],
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+@pytest.fixture
+def cli(cluster):
+    return Cli(cluster)
+
+
+@needs_logs_route
+def test_submit_two_files_wait_logs_and_get_a_file(cli, tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n")
+    blob = os.urandom(300_000)
+    (tmp_path / "b.bin").write_bytes(blob)
+    submitted = cli(
+        "submit",
+        "--json",
+        "--wait",
+        "--file", f"{tmp_path / 'a.txt'}",
+        "--file", f"{tmp_path / 'b.bin'}:/data/b.bin",
+        "--env", "WHO=world",
+        "--",
+        'cat a.txt; echo "hello $WHO"; mkdir -p out; cp /data/b.bin out/copy.bin',
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["status"] == "COMPLETE" and job["exit_code"] == 0
+
+    logs = cli("logs", job["job_id"])
+    assert logs.returncode == 0 and logs.stdout == "alpha\nhello world\n"
+    listing = cli("files", "ls", "--json", job["job_id"], "/job/out")
+    assert [e["name"] for e in json.loads(listing.stdout)] == ["copy.bin"]
+
+    target = tmp_path / "downloaded.bin"
+    got = cli("files", "get", "--json", job["job_id"], "/job/out/copy.bin", "-o", str(target))
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["size"] == len(blob)
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(blob).digest()
+
+
+def test_submit_wait_exits_with_the_jobs_exit_code_and_every_view_parses(cli):
+    done = cli("submit", "--wait", "--", "echo hi; exit 7")
+    assert done.returncode == 7
+    job_id = done.stdout.strip()
+    assert f"job {job_id} FAILED (exit code 7)" in done.stderr
+
+    again = cli("wait", "--json", job_id)
+    assert again.returncode == 7 and json.loads(again.stdout)["exit_code"] == 7
+    status = json.loads(cli("status", "--json", job_id).stdout)
+    assert status["job_id"] == job_id and status["reason"] == "exit code 7"
+    events = json.loads(cli("--json", "events", job_id).stdout)
+    assert events[0]["type"] == "JobSubmitted" and events[-1]["type"] == "JobFinished"
+    listed = json.loads(cli("ls", "--all", "--json").stdout)
+    assert job_id in [j["job_id"] for j in listed]
+    human = cli("ls", "--status", "failed")
+    assert human.returncode == 0 and job_id in human.stdout and "exit code 7" in human.stdout
+
+
+def test_wait_for_a_running_job_then_cancel_it(cli):
+    job_id = cli("submit", "--", "sleep", "300").stdout.strip()
+    waiter = cli.start("wait", "--json", job_id)
+    cancelled = cli("cancel", job_id)
+    assert cancelled.returncode == 0 and job_id in cancelled.stdout
+    out, err = waiter.communicate(timeout=30)
+    job = json.loads(out)
+    assert job["reason"] == "cancelled", err
+    # Killed while running it has the signal's exit code (143); cancelled while queued, none.
+    assert waiter.returncode == (job["exit_code"] or 1)
+
+    refused = cli("cancel", job_id)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"freight: job {job_id} already ended (FAILED)")
+
+
+def test_an_unreachable_server_says_what_to_do(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    result = freight("ls", env={"FREIGHT_URL": url})
+    assert result.returncode == 3
+    assert f"cannot reach Freight at {url}: is `make up` running?" in result.stderr
+
+    missing = freight("submit", "--file", str(tmp_path / "nope"), "--", "true", env={})
+    assert missing.returncode == 2 and "no such file" in missing.stderr

@@ -1,0 +1,236 @@
+"""The filestore in-process over the real RabbitMQ and its real database: bytes in and out in
+chunks, stored once, verified, and deleted only when nothing needs them any more."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from services.filestore.blobs import BlobMismatch, LocalBlobStore
+from services.filestore.main import Filestore, build
+from shared import filestore_protocol as protocol
+from shared.bus import Publisher, Topology
+from shared.config import Settings
+from shared.events import EventFactory, EventType
+from shared.filestore_client import FilestoreClient
+from shared.filestore_protocol import log_record, log_records
+from shared.rpc import CHUNK, Node, NodeConfig, RemoteError
+from tests.waiting import wait_until
+
+
+@pytest.fixture
+def store_settings(settings: Settings) -> Settings:
+    return replace(settings, transfer_timeout=2.0, file_gc_interval=0.1)
+
+
+def start_filestore(settings: Settings) -> Iterator[Filestore]:
+    filestore = build(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=filestore.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield filestore
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def filestore(store_settings: Settings) -> Iterator[Filestore]:
+    yield from start_filestore(store_settings)
+
+
+@pytest.fixture
+def node(store_settings: Settings) -> Iterator[Node]:
+    s = store_settings
+    publisher = Publisher(s.amqp_url, Topology.from_settings(s), "test-client", s.publish_timeout)
+    node = Node(NodeConfig(s.amqp_url, f"{s.namespace}.test", timeout=5.0), publisher).start()
+    yield node
+    node.close()
+    publisher.close()
+
+
+@pytest.fixture
+def client(node: Node, store_settings: Settings) -> FilestoreClient:
+    return FilestoreClient(node, store_settings.namespace)
+
+
+def blob_files(settings: Settings) -> list[Path]:
+    return sorted((settings.home / "blobs" / "sha256").glob("*/*"))
+
+
+def partial_files(settings: Settings) -> list[Path]:
+    return sorted((settings.home / "blobs" / "tmp").iterdir())
+
+
+def pieces(data: bytes, size: int) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_bytes_go_in_and_come_back_identical_and_are_stored_once(filestore, client, store_settings):
+    data = os.urandom(5 * 1024 * 1024 + 123)
+    stored = client.upload(pieces(data, 300_000))
+    assert stored.digest == f"sha256:{hashlib.sha256(data).hexdigest()}"
+    assert stored.size == len(data)
+
+    again = client.upload(pieces(data, 1 << 20))
+    assert again.digest == stored.digest and again.upload != stored.upload
+    assert len(blob_files(store_settings)) == 1 and partial_files(store_settings) == []
+
+    with client.download(stored.digest) as download:
+        assert download.head["size"] == len(data)
+        assert b"".join(download) == data
+
+
+def test_an_empty_file_is_a_blob_too(filestore, client):
+    stored = client.upload([])
+    assert stored.size == 0
+    with client.download(stored.digest) as download:
+        assert b"".join(download) == b""
+
+
+def test_a_missing_blob_is_not_found(filestore, client):
+    with pytest.raises(RemoteError) as raised:
+        client.download("sha256:" + "0" * 64)
+    assert raised.value.code == protocol.NOT_FOUND
+
+
+def test_an_upload_whose_source_fails_leaves_nothing(filestore, client, store_settings):
+    def broken() -> Iterator[bytes]:
+        yield os.urandom(3 * 1024 * 1024)
+        raise ConnectionResetError("the user went away")
+
+    with pytest.raises(ConnectionResetError):
+        client.upload(broken())
+    wait_until(lambda: partial_files(store_settings) == [], what="the partial upload to go")
+    assert blob_files(store_settings) == []
+
+
+def test_a_silent_uploader_is_given_up_on(filestore, node, store_settings):
+    conversation = node.conversation(protocol.filestore_queue(store_settings.namespace))
+    conversation.send(protocol.PUT)
+    conversation.expect(protocol.READY)
+    conversation.send(CHUNK, b"x" * 1000, headers={"seq": 0})
+    wait_until(lambda: len(partial_files(store_settings)) == 1, what="the upload to begin")
+    # Then nothing more: after FREIGHT_TRANSFER_TIMEOUT the filestore discards it.
+    wait_until(lambda: partial_files(store_settings) == [], timeout=10, what="the upload to go")
+    conversation.close()
+
+
+def test_bytes_that_do_not_match_their_digest_are_refused(filestore, node, store_settings):
+    with node.conversation(protocol.filestore_queue(store_settings.namespace)) as conversation:
+        conversation.send(protocol.PUT)
+        conversation.expect(protocol.READY)
+        conversation.send(CHUNK, b"hello", headers={"seq": 0})
+        conversation.send(protocol.COMMIT, data={"digest": "sha256:" + "1" * 64, "size": 5})
+        with pytest.raises(RemoteError) as raised:
+            conversation.receive()
+    assert raised.value.code == protocol.MISMATCH
+    wait_until(lambda: partial_files(store_settings) == [], what="the refused upload to go")
+    assert blob_files(store_settings) == []
+
+
+def test_local_store_checks_digest_and_size(tmp_path):
+    store = LocalBlobStore(tmp_path)
+    writer = store.begin()
+    writer.write(b"abc")
+    with pytest.raises(BlobMismatch):
+        writer.seal(f"sha256:{hashlib.sha256(b'abc').hexdigest()}", 4)
+    writer.discard()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+class TestRetention:
+    """Against SQLite and PostgreSQL: the deletion rules are queries."""
+
+    @pytest.fixture
+    def store_settings(self, settings: Settings, database_url: str) -> Settings:
+        return replace(
+            settings,
+            database_url=database_url,
+            transfer_timeout=2.0,
+            file_gc_interval=0.1,
+            upload_grace=1.0,
+            file_retention=0.0,
+        )
+
+    @pytest.fixture
+    def log(self, store_settings: Settings) -> Iterator[Publisher]:
+        s = store_settings
+        publisher = Publisher(s.amqp_url, Topology.from_settings(s), "test-log", s.publish_timeout)
+        yield publisher
+        publisher.close()
+
+    def test_release_deletes_what_no_job_uses(self, filestore, client, store_settings):
+        wait_until(filestore.retention.caught_up.is_set, what="the filestore to catch up")
+        stored = client.upload([b"abandoned"])
+        kept = client.upload([b"abandoned"])  # another upload of the same bytes holds them
+        client.release([stored.upload])
+        assert len(blob_files(store_settings)) == 1
+        client.release([kept.upload])
+        assert blob_files(store_settings) == []
+
+    def test_a_blob_lives_while_a_job_needs_it(self, filestore, client, store_settings, log):
+        new_event = EventFactory("test")
+        stored = client.upload([b"input bytes"])
+        orphan = client.upload([b"nobody's"])
+        submitted = new_event(
+            EventType.JOB_SUBMITTED,
+            "job-1",
+            command="true",
+            image="x",
+            files=[{"path": "/job/in", "digest": stored.digest, "size": stored.size}],
+        )
+        log.append(submitted)
+        # The holds expire after a second: the orphan goes, the job's input stays.
+        wait_until(lambda: len(blob_files(store_settings)) == 1, what="the orphan to go")
+        with client.download(stored.digest) as download:
+            assert b"".join(download) == b"input bytes"
+        with pytest.raises(RemoteError):
+            client.download(orphan.digest)
+
+        log.append(
+            new_event(EventType.JOB_ASSIGNED, "job-1", runner="r", attempt=1, gpus=[]),
+            new_event(EventType.JOB_FINISHED, "job-1", attempt=1, outcome="succeeded"),
+        )
+        # Retention is zero here: once the job has ended, nothing keeps its input.
+        wait_until(lambda: blob_files(store_settings) == [], what="the input to go")
+
+
+def test_a_log_is_appended_once_read_by_stream_and_tailed(filestore, client):
+    job_id, attempt = "job-logs", 1
+    first = log_record(1, b"one\ntw") + log_record(2, b"oops\n")
+    size = client.append_log(job_id, attempt, 0, first)
+    assert client.append_log(job_id, attempt, 0, first) == size  # a retried batch, not repeated
+    second = log_record(1, b"o\nthree\n")
+    size = client.append_log(job_id, attempt, size, second)
+    with pytest.raises(RemoteError) as raised:
+        client.append_log(job_id, attempt, 3, second)  # not where the log ends
+    assert raised.value.code == protocol.INVALID
+
+    chunk = client.read_log(job_id, attempt, 0, ["stdout", "stderr"])
+    bodies = [body for _, body in log_records(chunk.records)]
+    assert bodies == [b"one\ntw", b"oops\n", b"o\nthree\n"]
+    assert chunk.next == size and not chunk.closed
+    stdout = client.read_log(job_id, attempt, 0, ["stdout"])
+    assert b"".join(body for _, body in log_records(stdout.records)) == b"one\ntwo\nthree\n"
+
+    offset, skip = client.tail_log(job_id, attempt, 2, ["stdout"])
+    tail = client.read_log(job_id, attempt, offset, ["stdout"])
+    assert b"".join(body for _, body in log_records(tail.records))[skip:] == b"two\nthree\n"
+
+    client.close_log(job_id, attempt)
+    assert client.read_log(job_id, attempt, size, ["stdout"]).closed
+    assert client.log_state(job_id, attempt) == {"size": size, "payload": 19, "closed": True}
+
+    saved = client.save_log(job_id, attempt)  # the job's /.freight/stdout and stderr
+    for stream, expected in (("stdout", b"one\ntwo\nthree\n"), ("stderr", b"oops\n")):
+        with client.download(saved[stream].digest) as download:
+            assert b"".join(download) == expected and saved[stream].size == len(expected)
