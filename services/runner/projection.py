@@ -62,16 +62,23 @@ class RunnerProjection:
         if event.job_id is None:
             return
         jobs = schema.jobs
-        row = session.execute(sa.select(jobs.c.view).where(jobs.c.job_id == event.job_id)).first()
+        mine = jobs.c.projector == self._ctx.runner_id
+        row = session.execute(
+            sa.select(jobs.c.view).where(mine, jobs.c.job_id == event.job_id)
+        ).first()
         before = JobView.from_dict(row.view) if row else None
         after = evolve(before, event)
         if after is None or after == before:
             return
         values = {"status": after.status.value, "runner": after.runner, "view": after.to_dict()}
         if before is None:
-            session.execute(jobs.insert().values(job_id=after.job_id, **values))
+            session.execute(
+                jobs.insert().values(projector=self._ctx.runner_id, job_id=after.job_id, **values)
+            )
         else:
-            session.execute(jobs.update().where(jobs.c.job_id == after.job_id).values(**values))
+            session.execute(
+                jobs.update().where(mine, jobs.c.job_id == after.job_id).values(**values)
+            )
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -92,6 +99,7 @@ class RunnerProjection:
                 JobView.from_dict(view)
                 for view in connection.execute(
                     sa.select(schema.jobs.c.view).where(
+                        schema.jobs.c.projector == self._ctx.runner_id,
                         schema.jobs.c.runner == self._ctx.runner_id,
                         schema.jobs.c.status.in_([s.value for s in ACTIVE]),
                     )
@@ -104,7 +112,8 @@ class RunnerProjection:
                     row.job_id: JobView.from_dict(row.view)
                     for row in connection.execute(
                         sa.select(schema.jobs.c.job_id, schema.jobs.c.view).where(
-                            schema.jobs.c.job_id.in_([a.job.job_id for a in live])
+                            schema.jobs.c.projector == self._ctx.runner_id,
+                            schema.jobs.c.job_id.in_([a.job.job_id for a in live]),
                         )
                     )
                 }

@@ -10,6 +10,8 @@ metadata = sa.MetaData()
 jobs = sa.Table(
     "runner_jobs",
     metadata,
+    # Whose projection the row belongs to: runners may share one database.
+    sa.Column("projector", sa.String(200), primary_key=True),
     sa.Column("job_id", sa.String(36), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("runner", sa.String(200), nullable=True),

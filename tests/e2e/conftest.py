@@ -92,8 +92,17 @@ class Cluster:
         process.wait(timeout=20)
 
     def stop_all(self) -> None:
+        """SIGTERM to every service at once, then wait for each: they shut down in parallel."""
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
         for name in list(self.processes):
-            self.kill(name, signal.SIGTERM)
+            process = self.processes.pop(name)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError(f"{name} did not stop within 20s of SIGTERM") from None
 
     def log_of(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")

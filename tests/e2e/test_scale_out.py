@@ -2,10 +2,7 @@
 load balancer) and a scheduler sharing one PostgreSQL database, two runners, one broker. Whichever
 API a user reaches, it gives the same answers.
 
-Each runner keeps its own database (here: its own database on the same PostgreSQL server; in a
-deployment, SQLite on its host). Runners must not share one: each is its own projection with its
-own offset, but `runner_jobs` is keyed by job alone, so two runners folding the same job into one
-table collide on its key (docs/deploy.md).
+Everything, the runners included, keeps its state in that one database.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,29 +42,15 @@ def shared_database(postgres_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def runner_databases(postgres_server_url: str) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(contextmanager(_fresh_postgres_database)(postgres_server_url))
-            for _ in range(2)
-        ]
-
-
-@pytest.fixture
-def scaled(
-    cluster_settings: Settings, shared_database: str, runner_databases: list[str], tmp_path: Path
-) -> Iterator[Scaled]:
+def scaled(cluster_settings: Settings, shared_database: str, tmp_path: Path) -> Iterator[Scaled]:
     client = docker_client()
     logs = tmp_path / "logs"
     logs.mkdir()
     common = {"database_url": shared_database, "log_format": "json"}
-    runners = [{**common, "runner_database_url": url} for url in runner_databases]
     # Migrated before any service starts, as compose.yaml's one-shot `migrate` does: services
     # starting together on an empty PostgreSQL database would each try to create the tables.
-    for service in ("api", "scheduler", "filestore"):
+    for service in ("api", "scheduler", "runner", "filestore"):
         migrate(create_engine(shared_database), service)
-    for url in runner_databases:
-        migrate(create_engine(url), "runner")
     cluster = Cluster(cluster_settings, logs)
     namespace = cluster_settings.namespace
     cluster.start("filestore", **common)
@@ -77,13 +59,13 @@ def scaled(
     cluster.start("api", name="api-2", api_bind=second_bind, **common)
     metrics = {"scheduler": f"127.0.0.1:{free_port()}", "runner-1": f"127.0.0.1:{free_port()}"}
     cluster.start("scheduler", metrics_port=metrics["scheduler"].split(":")[1], **common)
-    for n, own in enumerate(runners, start=1):
+    for n in (1, 2):
         cluster.start(
             "runner",
             name=f"runner-{n}",
             runner_id=f"{namespace}-r{n}",
             runner_slots=1,
-            **own,
+            **common,
             **({"metrics_port": metrics["runner-1"].split(":")[1]} if n == 1 else {}),
         )
     urls = [cluster.url, f"http://{second_bind}"]
