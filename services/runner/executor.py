@@ -79,6 +79,9 @@ class Executor(Protocol):
 
     def remove(self, container_id: str) -> None: ...
 
+    def labelled(self, labels: Mapping[str, str]) -> list[tuple[str, Mapping[str, str]]]:
+        """(id, labels) of every container, running or not, carrying all these labels."""
+
 
 # -- a container's files (services/runner/files.py) ----------------------------------------------
 
@@ -296,6 +299,15 @@ class DockerExecutor:
             log.warning("could not remove %s: %s", container_id[:12], _explain(exc))
 
     # -- ContainerFiles ----------------------------------------------------------------------
+
+    def labelled(self, labels: Mapping[str, str]) -> list[tuple[str, Mapping[str, str]]]:
+        containers = self._call(
+            "list containers",
+            self._api.containers,
+            all=True,
+            filters={"label": [f"{k}={v}" for k, v in labels.items()]},
+        )
+        return [(c["Id"], c.get("Labels") or {}) for c in containers]
 
     def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
         self._call("put files into the container", self._api.put_archive, container_id, path, data)

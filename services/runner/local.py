@@ -33,7 +33,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -204,6 +204,17 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 log.warning("%s: the command did not die on SIGKILL", container_id)
         shutil.rmtree(self._dir(container_id), ignore_errors=True)
+
+    def labelled(self, labels: Mapping[str, str]) -> list[tuple[str, Mapping[str, str]]]:
+        found = []
+        for spec_file in self._root.glob("*/spec.json"):
+            try:
+                own = json.loads(spec_file.read_text()).get("labels") or {}
+            except (OSError, ValueError):
+                continue
+            if all(own.get(k) == v for k, v in labels.items()):
+                found.append((spec_file.parent.name, own))
+        return found
 
     def work_dir(self, container_id: str) -> Path:
         """The command's working directory (`root/job`): where relative paths lead."""

@@ -19,12 +19,21 @@ from sqlalchemy.orm import Session
 
 from services.runner import schema
 from services.runner.attempt import Attempt, AttemptControl, RunnerContext
+from services.runner.executor import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_NAMESPACE,
+    LABEL_RUNNER,
+    ExecutorError,
+)
 from services.runner.gpus import HostResources
 from shared.bus import BrokerUnavailable
 from shared.events import Event, EventType
 from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
 
 log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 30.0  # seconds between looks for orphaned containers
 
 
 class RunnerProjection:
@@ -51,6 +60,7 @@ class RunnerProjection:
         self._next_heartbeat = 0.0
         self._live: dict[tuple[str, int], Attempt] = {}
         self._lock = threading.Lock()
+        self._next_sweep = 0.0
         self._marker: str | None = None  # our first heartbeat's id
         self.caught_up = False
 
@@ -124,6 +134,28 @@ class RunnerProjection:
             self._stop_if_unwanted(attempt, current.get(attempt.job.job_id))
         for job in assigned:
             self._launch(job)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+            self.remove_orphans({job.job_id: job for job in assigned})
+
+    def remove_orphans(self, assigned: dict[str, JobView]) -> None:
+        """Remove this runner's containers that no attempt follows and none will: left behind
+        by a crash between an attempt's end and its clean-up, or superseded while it was away."""
+        labels = {LABEL_NAMESPACE: self._ctx.namespace, LABEL_RUNNER: self._ctx.runner_id}
+        try:
+            containers = self._ctx.executor.labelled(labels)
+        except ExecutorError as exc:
+            log.warning("could not look for orphaned containers: %s", exc)
+            return
+        with self._lock:
+            live = set(self._live)
+        for container_id, own in containers:
+            job_id, attempt = own.get(LABEL_JOB, ""), int(own.get(LABEL_ATTEMPT, "0") or 0)
+            wanted = assigned.get(job_id)
+            if (job_id, attempt) in live or (wanted and wanted.attempt == attempt):
+                continue
+            log.info("removing orphaned container of job %s attempt %d", job_id, attempt)
+            self._ctx.executor.remove(container_id)
 
     def _stop_if_unwanted(self, attempt: Attempt, view: JobView | None) -> None:
         if view is None:
