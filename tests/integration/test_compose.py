@@ -27,8 +27,8 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "python:3.11-slim"
 FREIGHT_SERVICES = ("migrate", "filestore", "api", "scheduler", "runner")
-# Inside the container only: the published port is FREIGHT_API_PORT.
-# Paths and binds inside the container: fixed by the image and the mounts, not by the host.
+# Fixed inside the container by the image and its mounts (the published port is
+# FREIGHT_API_PORT; the host's tokens file is FREIGHT_TOKENS_PATH).
 CONTAINER_CONSTANTS = {"FREIGHT_API_BIND", "FREIGHT_API_TOKENS_FILE"}
 # compose.runner.yaml asks for these (`${VAR:?why}`); a runner on another host has no default.
 RUNNER_HOST_ENV = {"FREIGHT_AMQP_URL": "amqp://u:p@broker:5672/", "FREIGHT_RUNNER_ID": "gpu-7"}
