@@ -11,13 +11,6 @@ import sys
 import pytest
 
 from tests.e2e.conftest import free_port
-from tests.routes import routed, wired_app
-
-# GET /jobs/{job_id}/logs is being built alongside this client: these run once it is routed.
-needs_logs_route = pytest.mark.skipif(
-    ("/jobs/{job_id}/logs", "get") not in routed(wired_app()),
-    reason="GET /jobs/{job_id}/logs is not routed in services/api/app.py yet",
-)
 
 
 def freight(*args: str, env: dict[str, str], timeout: float = 60):
@@ -58,7 +51,6 @@ def cli(cluster):
     return Cli(cluster)
 
 
-@needs_logs_route
 def test_submit_two_files_wait_logs_and_get_a_file(cli, tmp_path):
     (tmp_path / "a.txt").write_text("alpha\n")
     blob = os.urandom(300_000)

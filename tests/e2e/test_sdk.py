@@ -10,14 +10,7 @@ import pytest
 from freight import Client, Conflict, ConnectionFailed, InvalidRequest, NotFound
 from freight.responses import JobResponses
 from tests.e2e.conftest import free_port
-from tests.routes import routed, wired_app
 from tests.waiting import wait_until
-
-# GET /jobs/{job_id}/logs is being built alongside this client: these run once it is routed.
-needs_logs_route = pytest.mark.skipif(
-    ("/jobs/{job_id}/logs", "get") not in routed(wired_app()),
-    reason="GET /jobs/{job_id}/logs is not routed in services/api/app.py yet",
-)
 
 
 @pytest.fixture
@@ -30,7 +23,6 @@ def client(cluster):
         yield client
 
 
-@needs_logs_route
 def test_submit_two_files_wait_logs_and_download(client, tmp_path):
     script = tmp_path / "script.sh"
     script.write_text("echo from the script\n")
@@ -56,7 +48,6 @@ def test_submit_two_files_wait_logs_and_download(client, tmp_path):
         client.files_get(job.job_id, "/job", tmp_path / "nope")
 
 
-@needs_logs_route
 def test_follow_sees_every_line_once_in_order(client):
     job = client.submit("i=1; while [ $i -le 30 ]; do echo line $i; sleep 0.1; i=$((i+1)); done")
     assert list(client.follow(job.job_id)) == [f"line {i}" for i in range(1, 31)]

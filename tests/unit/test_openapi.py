@@ -14,9 +14,6 @@ from services.api.openapi import DOCUMENT
 from tests.routes import routed, wired_app
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-# Described in the spec (the client is written against them) while their server side is being
-# built: tolerated only while the app lacks them; once routed they are checked like any other.
-PENDING_ROUTES = {("/jobs/{job_id}/logs", "get")}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +36,7 @@ def test_every_route_is_described(app):
 
 
 def test_every_described_operation_is_routed(app):
-    ghosts = described() - routed(app) - PENDING_ROUTES
+    ghosts = described() - routed(app)
     assert not ghosts, f"the spec describes routes the app lacks: {sorted(ghosts)}"
 
 
