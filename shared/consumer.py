@@ -42,6 +42,10 @@ class Projection(Protocol):
         """Periodic work that does not wait for an event (heartbeats, deadlines)."""
 
 
+class _BadEvent(Exception):
+    """An event of the batch could not be decoded or applied."""
+
+
 @dataclass
 class _Delivery:
     tag: int
@@ -125,6 +129,7 @@ class StreamConsumer:
             while not stop.is_set():
                 wait = max(0.0, min(next_tick - time.monotonic(), 0.5))
                 connection.process_data_events(time_limit=wait)
+                self._drain_ready(connection)
                 if self._buffer:
                     batch, self._buffer = self._buffer, []
                     try:
@@ -148,6 +153,15 @@ class StreamConsumer:
             except AMQP_ERRORS:
                 pass
 
+    def _drain_ready(self, connection: pika.BlockingConnection) -> None:
+        """Take what the broker has already sent, up to a batch: pika returns as soon as one
+        message is ready, and a batch of one costs a commit per event while catching up."""
+        while 0 < len(self._buffer) < self._batch_size:
+            before = len(self._buffer)
+            connection.process_data_events(time_limit=0)
+            if len(self._buffer) == before:
+                return
+
     def _on_message(
         self, _channel: Any, method: Any, properties: pika.BasicProperties, body: bytes
     ) -> None:
@@ -158,25 +172,38 @@ class StreamConsumer:
         fresh = [d for d in batch if self._position is None or d.position > self._position]
         if not fresh:
             return
+        try:
+            applied = self._apply_in_one_transaction(fresh, isolate=False)
+        except _BadEvent:
+            # Rare: redo the batch with a savepoint per event, so only the bad one is set aside.
+            applied = self._apply_in_one_transaction(fresh, isolate=True)
+        self._position = fresh[-1].position
+        if self._on_applied:
+            self._on_applied(self._position)
+        if self._on_committed:
+            self._on_committed(applied)
+
+    def _apply_in_one_transaction(self, fresh: list[_Delivery], isolate: bool) -> list[Event]:
         projection = self._projection
         applied: list[Event] = []
         with Session(self._engine) as session, session.begin():
             for delivery in fresh:
                 try:
                     event = decode(delivery.body)
-                    with session.begin_nested():
+                    if isolate:
+                        with session.begin_nested():
+                            projection.apply(session, event, delivery.position)
+                    else:
                         projection.apply(session, event, delivery.position)
                     applied.append(event)
                 except sa.exc.DBAPIError:
                     raise  # the database failed, not the event: retry the whole batch
                 except (MalformedEvent, LookupError, TypeError, ValueError) as exc:
+                    if not isolate:
+                        raise _BadEvent from exc
                     self._dead_letter(session, delivery, exc)
             self._store_position(session, fresh[-1].position)
-        self._position = fresh[-1].position
-        if self._on_applied:
-            self._on_applied(self._position)
-        if self._on_committed:
-            self._on_committed(applied)
+        return applied
 
     def _offset_moved(self) -> bool:
         """Another process projecting into the same tables (several API processes on one

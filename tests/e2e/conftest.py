@@ -185,7 +185,7 @@ def running_cluster(
     for service in SERVICES if start is None else ():
         overrides = (runner_overrides or {}) if service == "runner" else {}
         cluster.start(service, **overrides)
-    wait_until(lambda: _answers(cluster.url), timeout=30, what="the API to answer")
+    wait_until(lambda: _answers(cluster.url), timeout=90, what="the API to answer")
     try:
         yield cluster
     finally:
