@@ -1,0 +1,231 @@
+"""What every benchmark shares: Freight's services as processes, `job_response`, the raw baseline.
+
+The services run as bench/files.py runs them (a fresh namespace and FREIGHT_HOME per run), but a
+scenario picks which ones: the API scenario starts the API alone so that jobs only queue.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pika
+import requests
+
+from bench.files import free_port, wait_for
+
+IMAGE = os.environ.get("FREIGHT_TEST_IMAGE", "freight/busybox:local")
+ALL_SERVICES = ("filestore", "api", "scheduler", "runner")
+
+
+class Cluster:
+    """Some of Freight's services as separate processes, on this run's own namespace."""
+
+    def __init__(
+        self,
+        root: Path,
+        services: tuple[str, ...] = ALL_SERVICES,
+        ready_timeout: float = 60,
+        **env: str | int | float,
+    ):
+        self.ready_timeout = ready_timeout  # a projection rebuilding a long log takes longer
+        self.services = services
+        self.namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        self.amqp_url = os.environ.get("FREIGHT_AMQP_URL", "amqp://guest:guest@localhost:5672/")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = root / self.namespace
+        self.env = {
+            **os.environ,
+            "FREIGHT_AMQP_URL": self.amqp_url,
+            "FREIGHT_HOME": str(self.root / "home"),
+            "FREIGHT_NAMESPACE": self.namespace,
+            "FREIGHT_RESPONSE_EXCHANGE": f"{self.namespace}.job_response",
+            "FREIGHT_RESPONSE_QUEUE": f"{self.namespace}.job_response",
+            "FREIGHT_API_BIND": f"127.0.0.1:{self.port}",
+            "FREIGHT_DEFAULT_IMAGE": IMAGE,
+            "FREIGHT_RUNNER_ID": f"{self.namespace}-runner",
+            "FREIGHT_HEARTBEAT_INTERVAL": "0.5",
+            "FREIGHT_LOG_LEVEL": "WARNING",
+            **{f"FREIGHT_{k.upper()}": str(v) for k, v in env.items()},
+        }
+        self.logs = self.root / "logs"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Cluster:
+        self.logs.mkdir(parents=True)
+        for service in self.services:
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "freight.cli", "serve", service],
+                    env=self.env,
+                    stdout=open(self.logs / f"{service}.log", "wb"),  # noqa: SIM115
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        try:
+            wait_for(self._ready, self.ready_timeout, "the API to be ready")
+        except BaseException:
+            self.__exit__()  # no service outlives a run that failed to start
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self._delete_topology()
+
+    def submit(self, session: requests.Session | None = None, **fields: Any) -> str:
+        """A job's id once the API answered 201 (a 503 while it starts is tried again)."""
+        post = (session or requests).post
+        body = {"command": "true", **fields}
+        while True:
+            response = post(f"{self.url}/jobs", json=body, timeout=60)
+            if response.status_code != 503:
+                break
+            time.sleep(0.05)
+        response.raise_for_status()
+        return str(response.json()["job_id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = requests.get(f"{self.url}/jobs/{job_id}", timeout=30).json()
+        return job
+
+    def _ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    def _delete_topology(self) -> None:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        except pika.exceptions.AMQPError:
+            return
+        channel = connection.channel()
+        channel.queue_delete(f"{self.namespace}.events")
+        channel.queue_delete(f"{self.namespace}.job_response")
+        channel.queue_delete(f"{self.namespace}.bench-responses")
+        channel.exchange_delete(f"{self.namespace}.job_response")
+        connection.close()
+
+
+class Responses:
+    """A subscriber of `job_response`: when (monotonic) each job's response arrived here.
+
+    Its own connection on its own thread, consuming (not polling) so that the time a response
+    arrives is not rounded up to a polling interval.
+    """
+
+    def __init__(self, cluster: Cluster):
+        self._cluster = cluster
+        self._arrived: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._subscribed = threading.Event()
+        self._thread = threading.Thread(target=self._consume, daemon=True)
+
+    def __enter__(self) -> Responses:
+        self._thread.start()
+        if not self._subscribed.wait(30):
+            raise TimeoutError("could not subscribe to job_response")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def wait_for(self, job_id: str, timeout: float = 120) -> tuple[float, dict[str, Any]]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: job_id in self._arrived, timeout):
+                raise TimeoutError(f"no job_response for {job_id} in {timeout}s")
+            return self._arrived[job_id]
+
+    def _consume(self) -> None:
+        # Other work on this machine may restart the broker: subscribe again, on a queue that
+        # outlives the connection, so no response is missed meanwhile.
+        while not self._stopping.is_set():
+            try:
+                self._consume_once()
+            except pika.exceptions.AMQPError:
+                time.sleep(0.5)
+
+    def _consume_once(self) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(self._cluster.amqp_url))
+        channel = connection.channel()
+        exchange = f"{self._cluster.namespace}.job_response"
+        queue = f"{self._cluster.namespace}.bench-responses"
+        channel.exchange_declare(exchange, "topic", durable=True)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, "#")
+        channel.basic_consume(queue, self._received, auto_ack=True)
+        self._subscribed.set()
+        try:
+            while not self._stopping.is_set():
+                connection.process_data_events(time_limit=0.2)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _received(self, _channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
+        arrived = time.monotonic()
+        message = json.loads(body)
+        with self._changed:
+            self._arrived[message["job_id"]] = (arrived, message)
+            self._changed.notify_all()
+
+
+def raw_container(client: docker.APIClient) -> tuple[float, float]:
+    """Seconds the docker SDK takes to create, start, wait for and remove `true` in the image,
+    and of those the seconds until Docker's start returned (what a dispatch cannot go under)."""
+    started = time.monotonic()
+    container = client.create_container(
+        IMAGE,
+        ["sh", "-c", "true"],
+        host_config=client.create_host_config(network_mode="none"),
+        network_disabled=True,
+    )
+    client.start(container)
+    until_started = time.monotonic() - started
+    status = client.wait(container)
+    client.remove_container(container, force=True)
+    if status.get("StatusCode") != 0:
+        raise RuntimeError(f"the raw container failed: {status}")
+    return time.monotonic() - started, until_started
+
+
+def docker_client() -> docker.APIClient:
+    return docker.APIClient(version="auto", timeout=120)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile, nearest rank (p99 of fewer than 100 samples is their maximum)."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered), math.ceil(p / 100 * len(ordered))) - 1)
+    return ordered[rank]
+
+
+def summarise(seconds: list[float]) -> dict[str, float]:
+    """Median, p99, mean in milliseconds."""
+    return {
+        "n": len(seconds),
+        "p50_ms": round(statistics.median(seconds) * 1000, 2),
+        "p99_ms": round(percentile(seconds, 99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(seconds) * 1000, 2),
+    }

@@ -1,0 +1,102 @@
+"""One PNG of a `make bench` run: each scenario's Freight figure next to its baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot(results: dict[str, Any], out: Path) -> Path | None:
+    """The plot's path, or None (with a note) where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: write the file only
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[dev]')")
+        return None
+    scenarios = results["scenarios"]
+    panels = [name for name in _PANELS if name in scenarios]
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, name in zip(axes[0], panels, strict=True):
+        _PANELS[name](ax, scenarios[name])
+    figure.suptitle(f"Freight against the machine — {results['machine']['summary']}")
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def _latency(ax: Any, r: dict[str, Any]) -> None:
+    labels = ["p50", "p99"]
+    x = range(len(labels))
+    ax.bar(
+        [i - 0.2 for i in x],
+        [r["freight"]["p50_ms"], r["freight"]["p99_ms"]],
+        0.4,
+        label="Freight (POST → job_response)",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [r["raw_container"]["p50_ms"], r["raw_container"]["p99_ms"]],
+        0.4,
+        label="docker SDK create+start+wait+rm",
+    )
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("ms")
+    ax.set_title("1. latency of `true`")
+    ax.legend(fontsize=7)
+
+
+def _throughput(ax: Any, r: dict[str, Any]) -> None:
+    ax.bar(["Freight", "raw containers"], [r["freight_jobs_s"], r["raw_container_jobs_s"]])
+    ax.set_ylabel("jobs/s")
+    ax.set_title(f"2. throughput, {r['jobs']} jobs over {r['slots']} slots")
+
+
+def _api(ax: Any, r: dict[str, Any]) -> None:
+    for kind in ("json", "multipart"):
+        levels = [v for v in r["levels"].values() if v["kind"] == kind]
+        ax.plot(
+            [v["clients"] for v in levels],
+            [v["submits_s"] for v in levels],
+            "o-",
+            label=f"{kind} submits/s",
+        )
+    ax.axhline(600, linestyle="--", color="grey", label="target 600/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_title("3. API alone")
+    ax.legend(fontsize=7)
+
+
+def _files(ax: Any, r: dict[str, Any]) -> None:
+    names = ["local_copy", "upload", "into_job", "download"]
+    ax.bar(names, [r[f"{n}_mb_s"] for n in names])
+    ax.set_ylabel("MB/s")
+    ax.set_title(f"5. files, {r['size_bytes'] // 2**20} MiB")
+
+
+def _scale(ax: Any, r: dict[str, Any]) -> None:
+    names = ["GET /jobs/{id}", "GET /jobs page"]
+    keys = ["get_job", "get_jobs_page"]
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [r[k]["p50_ms"] for k in keys], 0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], [r[k]["p99_ms"] for k in keys], 0.4, label="p99")
+    ax.axhline(20, linestyle="--", color="grey", label="target p99 20 ms")
+    ax.set_xticks(list(x), names)
+    ax.set_ylabel("ms")
+    ax.set_title(f"4. reads, {r['jobs']} finished jobs")
+    ax.legend(fontsize=7)
+
+
+_PANELS = {
+    "latency": _latency,
+    "throughput": _throughput,
+    "api": _api,
+    "scale": _scale,
+    "files": _files,
+}

@@ -1,0 +1,61 @@
+"""Scenario 2, throughput: N trivial jobs over K slots, against K parallel raw container runs.
+
+Freight: N `POST /jobs` of `true` as fast as one client sends them, until the last
+`job_response`; the runner has K slots. Baseline: the same N create + start + wait + remove
+through the docker SDK on K threads. Rounds alternate, A B A B.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+
+from bench.cluster import Cluster, Responses, docker_client, raw_container
+
+
+def run(cluster: Cluster, jobs: int, slots: int, rounds: int = 1) -> dict[str, Any]:
+    freight, raw = [], []
+    with Responses(cluster) as responses:
+        for _ in range(rounds):
+            freight.append(_freight(cluster, responses, jobs))
+            raw.append(_raw(jobs, slots))
+    freight_rate, raw_rate = max(freight), max(raw)
+    return {
+        "jobs": jobs,
+        "slots": slots,
+        "rounds": rounds,
+        "freight_jobs_s": round(freight_rate, 2),
+        "raw_container_jobs_s": round(raw_rate, 2),
+        "ratio": round(freight_rate / raw_rate, 3),
+        "freight_rounds_jobs_s": [round(r, 2) for r in freight],
+        "raw_rounds_jobs_s": [round(r, 2) for r in raw],
+    }
+
+
+def _freight(cluster: Cluster, responses: Responses, jobs: int) -> float:
+    session = requests.Session()
+    started = time.monotonic()
+    ids = [cluster.submit(session) for _ in range(jobs)]
+    last = max(responses.wait_for(job_id, timeout=600)[0] for job_id in ids)
+    failed = [i for i in ids if responses.wait_for(i)[1]["status"] != "COMPLETE"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g. {failed[0]}")
+    return jobs / (last - started)
+
+
+def _raw(jobs: int, slots: int) -> float:
+    local = threading.local()
+
+    def one(_: int) -> tuple[float, float]:
+        if not hasattr(local, "client"):
+            local.client = docker_client()  # one connection per thread, as a runner slot
+        return raw_container(local.client)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(slots) as pool:
+        list(pool.map(one, range(jobs)))
+    return jobs / (time.monotonic() - started)
