@@ -148,11 +148,9 @@ class ContainerFiles(Protocol):
     def output(self, container_id: str, stream: str) -> Iterator[bytes]:
         """Everything the container wrote so far to `stream` ("stdout" or "stderr")."""
 
-    def follow_output(
-        self, container_id: str, follow: bool = True, after: Moment | None = None
-    ) -> Iterator[OutputPiece]:
-        """What the container writes, in order, as it writes it until it exits (or only what it
-        wrote so far), from the start or from just after the moment `after`."""
+    def follow_output(self, container_id: str) -> Iterator[tuple[int, bytes]]:
+        """What the container writes, from the start, as it writes it until it exits: (1 for
+        stdout or 2 for stderr, bytes), in order."""
 
 
 # -- what a job may touch (docs/security.md) ---------------------------------------------------
@@ -369,8 +367,18 @@ class DockerExecutor:
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise ExecutorError(f"could not read the container's {stream}: {exc}") from None
 
-    def follow_output(
-        self, container_id: str, follow: bool = True, after: Moment | None = None
+    def follow_output(self, container_id: str) -> Iterator[tuple[int, bytes]]:
+        last: Moment | None = None
+        for piece in self._logged_output(container_id, follow=True, after=None):
+            last = piece.at
+            yield piece.stream, piece.data
+        # The engine's stream can end before the container's last partial line is in its log:
+        # ask once more for whatever it logged after the last write we had.
+        for piece in self._logged_output(container_id, follow=False, after=last):
+            yield piece.stream, piece.data
+
+    def _logged_output(
+        self, container_id: str, follow: bool, after: Moment | None
     ) -> Iterator[OutputPiece]:
         url = self._api._url("/containers/{0}/logs", container_id)
         params: dict[str, Any] = {"stdout": 1, "stderr": 1, "follow": int(follow), "timestamps": 1}

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from services.runner.docker_logs import Moment, OutputPiece
 from services.runner.executor import ContainerFiles, ExecutorError
 from shared.filestore_client import FilestoreClient
 from shared.filestore_protocol import log_record
@@ -97,12 +96,7 @@ class OutputShipper:
             self._resumed.wait()
             if self._resume is None:
                 return  # the log is complete already, or cannot be written
-            skip = self._resume[1]
-            last = self._relay(self._container.follow_output(container_id), None, skip)
-            # The engine's stream may end before the container's last partial line is in its
-            # log: ask once more for whatever it logged after the last piece relayed.
-            after = self._container.follow_output(container_id, follow=False, after=last)
-            self._relay(after, last, 0)
+            self._relay(self._container.follow_output(container_id), skip=self._resume[1])
         except _Abandoned:
             pass
         except ExecutorError as exc:
@@ -110,22 +104,19 @@ class OutputShipper:
         finally:
             self._end()
 
-    def _relay(
-        self, pieces: Iterator[OutputPiece], last: Moment | None, skip: int
-    ) -> Moment | None:
-        """Buffer the pieces past the first `skip` bytes; returns when the last of them was
-        written (`last` if none came)."""
+    def _relay(self, writes: Iterator[tuple[int, bytes]], skip: int) -> None:
+        """Buffer the writes past their first `skip` bytes (shipped before a restart)."""
         while True:
             self._waiting_since = time.monotonic()
-            piece = next(pieces, None)
+            write = next(writes, None)
             self._waiting_since = None
-            if piece is None:
-                return last
-            data, cut = piece.data[skip:], min(skip, len(piece.data))
-            skip -= cut
+            if write is None:
+                return
+            stream, data = write
+            cut = min(skip, len(data))
+            data, skip = data[cut:], skip - cut
             if data:
-                self._add(piece.stream, data)
-            last = piece.at
+                self._add(stream, data)
 
     def _add(self, stream: int, data: bytes) -> None:
         with self._changed:
