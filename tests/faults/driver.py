@@ -80,8 +80,10 @@ class Report:
     def _describe(self, job_id: str) -> str:
         submitted = next(s for s in self.accepted if s.job_id == job_id)
         job = self.final.get(job_id, {})
-        return (f"{job_id} {submitted.kind} (cancel {submitted.cancel_answer}) -> "
-                f"{job.get('status')} {job.get('reason')!r} attempt {job.get('attempt')}")
+        return (
+            f"{job_id} {submitted.kind} (cancel {submitted.cancel_answer}) -> "
+            f"{job.get('status')} {job.get('reason')!r} attempt {job.get('attempt')}"
+        )
 
     def _as_expected(self, submitted: Submitted) -> bool:
         job = self.final.get(submitted.job_id)
