@@ -77,13 +77,13 @@ def used_namespaces(amqp_url: str) -> Iterator[list[Settings]]:
     _delete_topologies(amqp_url, used)
 
 
-@pytest.fixture
-def settings(amqp_url: str, tmp_path: Path, used_namespaces: list[Settings]) -> Settings:
+def fresh_settings(amqp_url: str, home: Path) -> Settings:
+    """Settings on a namespace nobody else uses, with quick heartbeats and grace for tests."""
     namespace = f"test-{uuid.uuid4().hex[:10]}"
-    configured = replace(
+    return replace(
         Settings(),
         amqp_url=amqp_url,
-        home=tmp_path / "home",
+        home=home,
         namespace=namespace,
         response_exchange=f"{namespace}.job_response",
         response_queue=f"{namespace}.job_response",
@@ -95,6 +95,11 @@ def settings(amqp_url: str, tmp_path: Path, used_namespaces: list[Settings]) -> 
         stop_grace=2.0,
         publish_timeout=5.0,
     )
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path, used_namespaces: list[Settings]) -> Settings:
+    configured = fresh_settings(amqp_url, tmp_path / "home")
     used_namespaces.append(configured)
     return configured
 

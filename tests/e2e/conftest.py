@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from shared.config import Settings
+from tests.conftest import fresh_settings
 from tests.waiting import wait_until
 
 
@@ -129,8 +130,6 @@ class Cluster:
 
 @pytest.fixture
 def cluster_settings(settings: Settings) -> Settings:
-    from dataclasses import replace
-
     return replace(settings, api_bind=f"127.0.0.1:{free_port()}")
 
 
@@ -140,25 +139,8 @@ def module_cluster_settings(
 ) -> Settings:
     """cluster_settings for a module whose quick checks share one cluster (as the `settings`
     fixture makes them: a namespace and a home of its own)."""
-    import uuid
-    from dataclasses import replace
-
-    from tests.conftest import TEST_IMAGE
-
-    namespace = f"test-{uuid.uuid4().hex[:10]}"
     configured = replace(
-        Settings(),
-        amqp_url=amqp_url,
-        home=tmp_path_factory.mktemp("home"),
-        namespace=namespace,
-        response_exchange=f"{namespace}.job_response",
-        response_queue=f"{namespace}.job_response",
-        default_image=TEST_IMAGE,
-        runner_id=f"{namespace}-runner",
-        runner_slots=4,
-        heartbeat_interval=0.5,
-        runner_deadline=30.0,
-        stop_grace=2.0,
+        fresh_settings(amqp_url, tmp_path_factory.mktemp("home")),
         api_bind=f"127.0.0.1:{free_port()}",
     )
     used_namespaces.append(configured)

@@ -40,6 +40,8 @@ def test_no_request_gets_a_5xx(served: Cluster) -> None:
         )
         def answers_without_5xx(case):  # type: ignore[no-untyped-def]
             response = case.call(timeout=30)
+            if case.operation.path == "/readyz" and response.status_code == 503:
+                return  # "not ready yet" is that route's documented answer, not a failure
             assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
 
         answers_without_5xx()
