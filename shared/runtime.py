@@ -74,6 +74,7 @@ def configure_logging(service: str, level: str = "INFO", log_format: str | None 
     handler.setFormatter(JsonFormatter(service) if chosen == "json" else TextFormatter(service))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per plugin at every start
 
 
 def stop_on_signals() -> threading.Event:
