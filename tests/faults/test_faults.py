@@ -61,6 +61,7 @@ def through_proxy(settings: Settings, proxy: CuttableProxy) -> Settings:
     )
 
 
+@pytest.mark.timeout(600)  # a minute or two of load and faults, then the checks
 def test_nothing_accepted_is_lost_and_no_attempt_runs_twice(settings, tmp_path, seed):
     cluster_settings = replace(settings, api_bind=f"127.0.0.1:{free_port()}")
     real = urlsplit(cluster_settings.amqp_url)
