@@ -34,7 +34,11 @@ class Settings:
     service_database_urls: Mapping[str, str] | None = None
     api_bind: str = "127.0.0.1:5000"
     api_workers: int = 1
-    api_threads: int = 32
+    # More threads than admission slots: the excess reaches the API and is shed with a 503 at
+    # once rather than queueing inside gunicorn (services/api/admission.py).
+    api_threads: int = 128
+    api_max_concurrent: int = 32  # requests worked on at once, per worker
+    api_admission_wait: float = 0.1  # seconds one more may wait for a turn before its 503
     default_image: str = "busybox:stable"
     runner_id: str = socket.gethostname()
     runner_slots: int = os.cpu_count() or 1
@@ -136,6 +140,10 @@ class Settings:
             api_bind=text("API_BIND", defaults.api_bind),
             api_workers=int(number("API_WORKERS", defaults.api_workers, int, 1)),
             api_threads=int(number("API_THREADS", defaults.api_threads, int, 1)),
+            api_max_concurrent=int(
+                number("API_MAX_CONCURRENT", defaults.api_max_concurrent, int, 1)
+            ),
+            api_admission_wait=number("API_ADMISSION_WAIT", defaults.api_admission_wait),
             default_image=text("DEFAULT_IMAGE", defaults.default_image),
             runner_id=text("RUNNER_ID", defaults.runner_id),
             runner_slots=int(number("RUNNER_SLOTS", defaults.runner_slots, int, 1)),

@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from services.api import auth, errors, health
+from services.api.admission import Admission
 from services.api.files import JobFiles
 from services.api.jobs import ApiDeps, Job, JobEvents, Jobs
 from services.api.logs import JobLogs
@@ -27,10 +28,13 @@ class ClientTimeout:
 
 
 def create_app(deps: ApiDeps) -> falcon.App:
+    settings = deps.settings
     middleware: list[Any] = [
-        ClientTimeout(deps.settings.api_client_timeout),
+        # First, so that a request past capacity is shed before any other work is done on it.
+        Admission(settings.api_max_concurrent, settings.api_admission_wait),
+        ClientTimeout(settings.api_client_timeout),
         # Every request is authenticated before any route sees it (docs/security.md).
-        auth.Authentication(auth.token_book(deps.settings)),
+        auth.Authentication(auth.token_book(settings)),
     ]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True

@@ -27,6 +27,16 @@ def bad_request(message: str) -> ApiError:
     return ApiError(falcon.HTTP_400, "invalid_request", message)
 
 
+def overloaded(retry_after: int = 1) -> ApiError:
+    """Admission control's answer (services/api/admission.py): nothing was done."""
+    return ApiError(
+        falcon.HTTP_503,
+        "overloaded",
+        "the API is at capacity and did nothing with this request; try again in a moment",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def _slug(title: str) -> str:
     """falcon's own titles read like "404 Not Found": keep the words."""
     words = re.sub(r"^\d+\s*", "", title).lower()

@@ -113,5 +113,12 @@ def serve(settings: Settings) -> None:
     SecretBox.from_settings(settings)  # a malformed FREIGHT_SECRET_KEY stops it here
     migrate(create_engine(settings.database_url_for("api")), "api")
     log.info(exposure)
+    if settings.api_threads <= settings.api_max_concurrent:
+        log.warning(
+            "FREIGHT_API_THREADS=%d is not above FREIGHT_API_MAX_CONCURRENT=%d: requests past "
+            "capacity queue in gunicorn, unseen, instead of being answered 503 at once",
+            settings.api_threads,
+            settings.api_max_concurrent,
+        )
     log.info("API listening on http://%s", settings.api_bind)
     _Gunicorn(settings).run()

@@ -28,14 +28,20 @@ ERRORS = {
     409: "The job is in a state that forbids this.",
     413: "The request is larger than the server accepts.",
     415: "Unsupported Content-Type.",
-    503: "Freight can't serve this now (its broker, a runner or the filestore is away); "
+    503: "Freight can't serve this now: its broker, a runner or the filestore is away "
+    "(`unavailable`), or the API is at capacity (`overloaded`: more than "
+    "FREIGHT_API_MAX_CONCURRENT requests at once for FREIGHT_API_ADMISSION_WAIT seconds); "
     "nothing was changed. Retry after `Retry-After` seconds.",
 }
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    # Every route but the probes needs a token, so every one may answer 401.
-    named = {str(code): {"$ref": f"#/components/responses/E{code}"} for code in (401, *codes)}
+    # Every route but the probes needs a token, so every one may answer 401; and every one may
+    # be shed past capacity with 503 (services/api/admission.py).
+    named = {
+        str(code): {"$ref": f"#/components/responses/E{code}"}
+        for code in sorted({401, 503, *codes})
+    }
     # Any other error (405, 500...) has the same shape.
     return named | {"default": {"$ref": "#/components/responses/Error"}}
 

@@ -1,0 +1,71 @@
+"""Admission control: past capacity the API answers 503 at once instead of queueing.
+
+At most `FREIGHT_API_MAX_CONCURRENT` requests are worked on at once in a worker; one more waits
+up to `FREIGHT_API_ADMISSION_WAIT` seconds for a turn, then is answered 503 `overloaded` with
+`Retry-After`. gunicorn runs more threads (`FREIGHT_API_THREADS`) than that bound, so the excess
+reaches this middleware and is shed in microseconds instead of waiting, unseen, in gunicorn's
+queue while every request's latency grows.
+
+What a slot covers: the request's handling, from before routing until its responder returns
+(falcon's `process_response`), which is all the work of a JSON answer, a submission's body and
+its publish included. A streamed body (`resp.stream`: `GET /jobs/{id}/logs?follow`, server-sent
+events, file downloads) is sent after that, outside any slot: a follower may last hours while
+doing almost no work (a read every 0.25 s), so holding a slot for its life would let a few
+followers shut everybody out. Those streams are bounded by the thread count instead.
+
+Probes are never shed: an orchestrator that sees `/healthz` fail under load would restart the
+very process that is coping with it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import falcon
+
+from services.api.errors import overloaded
+
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Admission:
+    """A falcon middleware holding a bounded number of slots; put it first in the chain so a
+    shed request costs nothing else (no token check, no routing)."""
+
+    def __init__(self, limit: int, wait: float, exempt: Iterable[str] = PROBES):
+        self._slots = threading.BoundedSemaphore(limit)
+        self._wait = wait
+        self._exempt = frozenset(exempt)
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self.limit = limit
+        self.shed = 0  # requests answered 503 since start
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.path in self._exempt:
+            return
+        if not self._slots.acquire(timeout=self._wait):
+            with self._lock:
+                self.shed += 1
+            raise overloaded()
+        with self._lock:
+            self._in_use += 1
+        req.context.admitted = True
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        # falcon calls this for every request, the shed and the exempt included, before it
+        # hands a streamed body to the server: only a request that took a slot gives one back.
+        if not getattr(req.context, "admitted", False):
+            return
+        req.context.admitted = False
+        with self._lock:
+            self._in_use -= 1
+        self._slots.release()
