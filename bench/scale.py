@@ -1,17 +1,26 @@
-"""Scenario 4, scale: reads with many finished jobs in the store, and a projection's rebuild.
+"""Scenario 4, scale: reads with many jobs in the store, and a projection's rebuild.
 
 The log is seeded before the API starts, straight through `shared.bus.Publisher` with the events
-a finished job's life writes (submitted, assigned, started, finished), so the API's projection
-builds its read model from scratch when it starts: events over the time from the API's start to
-`/readyz` (its tables at the log's tail) is the rebuild rate — a lower bound, as that time
-includes the process's own start. Then `GET /jobs` pages and `GET /jobs/{id}` latencies.
+a finished job's life writes (submitted, assigned, started, finished); one job in a hundred is
+left queued (submitted only), so the default listing (unfinished jobs) has something to page
+through. Jobs belong to `OWNERS` users in turn. The API's projection then builds its read model
+from scratch when it starts: events over the time from the API's start to `/readyz` (its tables
+at the log's tail) is the rebuild rate — a lower bound, as that time includes the process's own
+start. Then `GET /jobs/{id}` and `GET /jobs` pages: the default filter (unfinished) and
+`status=all` as an admin, and `status=all` as one of the users (their own jobs only).
+
+Seeding is not what is measured, but at 100k jobs (400k events) it must not take all day:
+several publishers (each its own connection) append whole jobs in batches at once, so the
+broker's confirms overlap instead of one batch waiting for the last.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,87 +30,156 @@ from bench.cluster import Cluster, summarise
 from shared.bus import Publisher, Topology
 from shared.events import Event, EventFactory, EventType
 from shared.jobs import Outcome
+from shared.tokens import add_token
 
-BATCH = 500  # events a confirm: seeding is not what is measured
+BATCH = 500  # events a confirm
+PUBLISHERS = 4  # appending at once
+OWNERS = 10
+QUEUED_EVERY = 100  # one job in this many is left queued
+PAGE = 100
 
 
 def run(root: Path, jobs: int, reads: int) -> dict[str, Any]:
-    cluster = Cluster(root, ("api",), ready_timeout=900, ready_max_lag=0)
+    tokens_file = root / f"scale-tokens-{uuid.uuid4().hex[:6]}.jsonl"
+    admin = add_token(tokens_file, "bench-admin", "admin")
+    user = add_token(tokens_file, _owner(0), "user")
+    cluster = Cluster(
+        root, ("api",), ready_timeout=1800, ready_max_lag=0, api_tokens_file=str(tokens_file)
+    )
+    seeding = time.monotonic()
     events = _seed(cluster, jobs)
+    seeded = time.monotonic() - seeding
     started = time.monotonic()
     with cluster:
         rebuilt = time.monotonic() - started
-        ids = random.sample(_job_ids(cluster), k=min(reads, jobs))
-        session = requests.Session()
-        one = [_timed(session, f"{cluster.url}/jobs/{job_id}") for job_id in ids]
-        pages = _pages(session, cluster.url, reads)
+        as_admin, as_user = _session(admin), _session(user)
+        ids = random.sample(_job_ids(as_admin, cluster.url), k=min(reads, jobs))
+        one = [_timed(as_admin, f"{cluster.url}/jobs/{job_id}") for job_id in ids]
+        pages = {
+            "unfinished": _pages(as_admin, cluster.url, "", reads),
+            "all": _pages(as_admin, cluster.url, "all", reads),
+            "owner_all": _pages(as_user, cluster.url, "all", reads),
+        }
     return {
         "jobs": jobs,
         "events": events,
+        "owners": OWNERS,
+        "queued_jobs": len(range(0, jobs, QUEUED_EVERY)),
+        "seed_s": round(seeded, 1),
+        "seed_events_s": round(events / seeded, 0),
         "rebuild_s": round(rebuilt, 2),
         "rebuild_events_s": round(events / rebuilt, 0),
         "get_job": summarise(one),
-        "get_jobs_page": summarise(pages),
+        "get_jobs_page": summarise(pages["all"]),  # `status=all` as an admin, as before
+        "pages": {name: summarise(seconds) for name, seconds in pages.items()},
     }
 
 
+def _owner(n: int) -> str:
+    return f"bench-{n}"
+
+
 def _seed(cluster: Cluster, jobs: int) -> int:
+    """Every job's events, in order, by `PUBLISHERS` publishers at once; a job's events are
+    never split across publishers (nor batches), so each job's own order holds in the log."""
     ns = cluster.namespace
     topology = Topology(ns, f"{ns}.events", f"{ns}.job_response", f"{ns}.job_response")
-    publisher = Publisher(cluster.amqp_url, topology, "bench-seed", timeout=60)
-    api, scheduler, runner = EventFactory("api"), EventFactory("scheduler"), EventFactory("r1")
+    batches = _batches(jobs)
+    lock = threading.Lock()
+    counted: list[int] = []
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        publisher = Publisher(cluster.amqp_url, topology, "bench-seed", timeout=120)
+        count = 0
+        try:
+            while True:
+                with lock:
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                publisher.append(*batch)
+                count += len(batch)
+        except BaseException as exc:  # reported below: a short seed must not pass unseen
+            failures.append(exc)
+        finally:
+            publisher.close()
+            counted.append(count)
+
+    threads = [threading.Thread(target=publish) for _ in range(PUBLISHERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"seeding failed: {failures[0]!r}")
+    return sum(counted)
+
+
+def _batches(jobs: int) -> Iterator[list[Event]]:
     pending: list[Event] = []
-    count = 0
-    for _ in range(jobs):
-        job = str(uuid.uuid4())
-        pending += [
-            api(
-                EventType.JOB_SUBMITTED,
-                job,
-                command="true",
-                image="freight/busybox:local",
-                gpus=None,
-                env={},
-                timeout=None,
-                owner="bench",
-            ),
-            scheduler(EventType.JOB_ASSIGNED, job, runner="r1", attempt=1, gpus=[]),
-            runner(EventType.JOB_STARTED, job, runner="r1", attempt=1),
-            runner(
-                EventType.JOB_FINISHED,
-                job,
-                runner="r1",
-                attempt=1,
-                outcome=Outcome.SUCCEEDED.value,
-                exit_code=0,
-                reason=None,
-            ),
-        ]
+    for n in range(jobs):
+        pending += _life(n)
         if len(pending) >= BATCH:
-            publisher.append(*pending)
-            count, pending = count + len(pending), []
+            yield pending
+            pending = []
     if pending:
-        publisher.append(*pending)
-        count += len(pending)
-    publisher.close()
-    return count
+        yield pending
 
 
-def _job_ids(cluster: Cluster) -> list[str]:
-    page = requests.get(
-        f"{cluster.url}/jobs", params={"limit": "1000", "status": "all"}, timeout=30
-    ).json()
-    return [job["job_id"] for job in page["results"]]
+def _life(n: int) -> list[Event]:
+    api, scheduler, runner = EventFactory("api"), EventFactory("scheduler"), EventFactory("r1")
+    job = str(uuid.uuid4())
+    submitted = api(
+        EventType.JOB_SUBMITTED,
+        job,
+        command="true",
+        image="freight/busybox:local",
+        gpus=None,
+        env={},
+        timeout=None,
+        owner=_owner(n % OWNERS),
+    )
+    if n % QUEUED_EVERY == 0:
+        return [submitted]
+    return [
+        submitted,
+        scheduler(EventType.JOB_ASSIGNED, job, runner="r1", attempt=1, gpus=[]),
+        runner(EventType.JOB_STARTED, job, runner="r1", attempt=1),
+        runner(
+            EventType.JOB_FINISHED,
+            job,
+            runner="r1",
+            attempt=1,
+            outcome=Outcome.SUCCEEDED.value,
+            exit_code=0,
+            reason=None,
+        ),
+    ]
 
 
-def _pages(session: requests.Session, url: str, count: int) -> list[float]:
-    """`GET /jobs?status=all` pages of 100, following `next`, from the first again at the end."""
-    seconds, path = [], "/jobs?limit=100&status=all"
+def _session(token: str) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def _job_ids(session: requests.Session, url: str) -> list[str]:
+    response = session.get(f"{url}/jobs", params={"limit": "1000", "status": "all"}, timeout=30)
+    response.raise_for_status()
+    return [job["job_id"] for job in response.json()["results"]]
+
+
+def _pages(session: requests.Session, url: str, status: str, count: int) -> list[float]:
+    """`GET /jobs` pages of `PAGE`, following `next`, from the first again at the end."""
+    first = f"/jobs?limit={PAGE}" + (f"&status={status}" if status else "")
+    seconds, path = [], first
     for _ in range(count):
         started = time.monotonic()
-        page = session.get(f"{url}{path}", timeout=30).json()
+        response = session.get(f"{url}{path}", timeout=30)
         seconds.append(time.monotonic() - started)
-        path = page.get("next") or "/jobs?limit=100&status=all"
+        response.raise_for_status()
+        path = response.json().get("next") or first
     return seconds
 
 
