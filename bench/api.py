@@ -1,9 +1,12 @@
-"""Scenario 3, the API alone: submits per second and latency at rising numbers of clients.
+"""Scenario 3, the API alone: submits per second and latency at rising numbers of clients, beside
+the ceiling this machine reaches with no Freight work (bench/ceiling.py).
 
 Only the API (and the filestore, which multipart uploads go to) runs: no scheduler and no
 runner, so jobs just queue and what is measured is the API's own work. Each client is a thread
-with its own `requests.Session`, sending `POST /jobs` back to back. A 503 is the API shedding
-load: counted apart, and not a success.
+with its own `requests.Session`, sending `POST /jobs` back to back. At each level Freight runs,
+then the baseline app with the same gunicorn settings and the same client code (A B), so that a
+drift of the machine touches both. A 503 is the API shedding load past capacity (admission
+control): counted apart, not a success, and its own latency reported — shedding must be fast.
 """
 
 from __future__ import annotations
@@ -16,38 +19,55 @@ from typing import Any
 
 import requests
 
+from bench.ceiling import Ceiling
 from bench.cluster import Cluster, summarise
+from shared.config import Settings
 
 KIB = 1024
 
 
 def run(cluster: Cluster, clients: list[int], requests_per_level: int) -> dict[str, Any]:
     payload = os.urandom(100 * KIB)
+    settings = Settings.from_env(cluster.env)  # the API's own gunicorn settings
     levels: dict[str, Any] = {}
-    for kind in ("json", "multipart"):
-        for count in clients:
-            levels[f"{kind}@{count}"] = _level(cluster, kind, count, requests_per_level, payload)
-    return {"requests_per_level": requests_per_level, "levels": levels}
+    with Ceiling(settings.api_workers, settings.api_threads, cluster.logs / "ceiling.log") as top:
+        for kind in ("json", "multipart"):
+            for count in clients:
+                freight = _level(cluster.url, kind, count, requests_per_level, payload)
+                ceiling = _level(top.url, kind, count, requests_per_level, payload)
+                levels[f"{kind}@{count}"] = {
+                    **freight,
+                    "ceiling": ceiling,
+                    "ratio": _ratio(freight["submits_s"], ceiling["submits_s"]),
+                }
+    return {
+        "requests_per_level": requests_per_level,
+        "api_workers": settings.api_workers,
+        "api_threads": settings.api_threads,
+        "api_max_concurrent": settings.api_max_concurrent,
+        "api_admission_wait": settings.api_admission_wait,
+        "levels": levels,
+    }
 
 
-def _level(cluster: Cluster, kind: str, clients: int, total: int, payload: bytes) -> dict[str, Any]:
-    latencies: list[float] = []
-    outcomes: dict[int, int] = {}
+def _ratio(freight: float, ceiling: float) -> float | None:
+    return round(freight / ceiling, 3) if ceiling else None
+
+
+def _level(url: str, kind: str, clients: int, total: int, payload: bytes) -> dict[str, Any]:
+    timed: list[tuple[int, float]] = []
     lock = threading.Lock()
     per_client = max(1, total // clients)
 
     def client() -> None:
         session = requests.Session()
-        mine, codes = [], []
+        mine = []
         for _ in range(per_client):
             started = time.monotonic()
-            status = _submit(session, cluster.url, kind, payload)
-            mine.append(time.monotonic() - started)
-            codes.append(status)
+            status = _submit(session, url, kind, payload)
+            mine.append((status, time.monotonic() - started))
         with lock:
-            latencies.extend(t for t, c in zip(mine, codes, strict=True) if c == 201)
-            for c in codes:
-                outcomes[c] = outcomes.get(c, 0) + 1
+            timed.extend(mine)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.monotonic()
@@ -56,13 +76,18 @@ def _level(cluster: Cluster, kind: str, clients: int, total: int, payload: bytes
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - started
-    accepted = outcomes.get(201, 0)
+    outcomes: dict[int, int] = {}
+    for status, _ in timed:
+        outcomes[status] = outcomes.get(status, 0) + 1
+    accepted = [seconds for status, seconds in timed if status == 201]
+    shed = [seconds for status, seconds in timed if status == 503]
     return {
         "kind": kind,
         "clients": clients,
-        "submits_s": round(accepted / elapsed, 1),
+        "submits_s": round(len(accepted) / elapsed, 1),
         "statuses": {str(k): v for k, v in sorted(outcomes.items())},
-        **(summarise(latencies) if latencies else {}),
+        **(summarise(accepted) if accepted else {}),
+        **({"shed": summarise(shed)} if shed else {}),
     }
 
 
