@@ -1,22 +1,27 @@
 """RabbitMQ: the topology every service declares, and a thread-safe confirmed publisher.
 
-pika connections are not thread-safe, so one thread owns the publishing connection and every
-other thread hands it messages through a queue, waiting for the broker's confirm.
+pika connections are not thread-safe, so one thread owns the publishing connection and runs its
+I/O loop; other threads hand it messages and wait for the broker's confirms. Everything handed
+over while earlier messages await their confirms goes out together and is confirmed together
+(RabbitMQ acks `multiple`), so many callers share a round trip instead of taking turns.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import pika
 import pika.exceptions
+from pika.adapters.select_connection import IOLoop
+from pika.spec import Basic
 
 from shared.config import Settings
 from shared.events import Event, encode
@@ -54,14 +59,30 @@ class Topology:
         """How RabbitMQ's management tools show a connection: `<namespace>/<role>`."""
         return f"{self.namespace}/{role}"
 
+    def declarations(self) -> list[tuple[str, dict[str, Any]]]:
+        """The topology as channel calls, in order: (method name, its arguments)."""
+        stream = {"x-queue-type": "stream"}
+        return [
+            ("queue_declare", {"queue": self.events_stream, "durable": True, "arguments": stream}),
+            (
+                "exchange_declare",
+                {"exchange": self.response_exchange, "exchange_type": "topic", "durable": True},
+            ),
+            ("queue_declare", {"queue": self.response_queue, "durable": True}),
+            (
+                "queue_bind",
+                {
+                    "queue": self.response_queue,
+                    "exchange": self.response_exchange,
+                    "routing_key": "#",
+                },
+            ),
+        ]
+
     def declare(self, channel: Any) -> None:
         """Idempotent; every service declares the whole topology when it connects."""
-        channel.queue_declare(
-            self.events_stream, durable=True, arguments={"x-queue-type": "stream"}
-        )
-        channel.exchange_declare(self.response_exchange, exchange_type="topic", durable=True)
-        channel.queue_declare(self.response_queue, durable=True)
-        channel.queue_bind(self.response_queue, self.response_exchange, routing_key="#")
+        for method, arguments in self.declarations():
+            getattr(channel, method)(**arguments)
 
 
 def connect(amqp_url: str, name: str, heartbeat: int = 30) -> pika.BlockingConnection:
@@ -90,15 +111,22 @@ class Message:
 
 
 class Publisher:
-    """Publishes with confirms, persistent delivery and `mandatory`; unroutable is an error."""
+    """Publishes with confirms, persistent delivery and `mandatory`; unroutable is an error.
+
+    `publish` returns once RabbitMQ confirmed every message it was given, or raises
+    BrokerUnavailable: nothing is reported accepted that the broker did not take.
+    """
 
     def __init__(self, amqp_url: str, topology: Topology, name: str, timeout: float = 5.0):
-        self._url = amqp_url
+        self._params = connection_parameters(amqp_url, topology.connection_name(name))
         self._topology = topology
-        self._name = name
         self._timeout = timeout
-        self._requests: queue.Queue[tuple[Sequence[Message], Future[None]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=f"{name}-publisher", daemon=True)
+        self._lock = threading.Lock()
+        self._waiting: deque[_Request] = deque()  # handed over, not yet sent
+        self._loop = _PublishingLoop(self._params, topology, self._take_waiting)
+        self._thread = threading.Thread(
+            target=self._loop.run, name=f"{name}-publisher", daemon=True
+        )
         self._thread.start()
 
     def append(self, *events: Event) -> None:
@@ -122,88 +150,248 @@ class Publisher:
         )
 
     def publish(self, messages: Sequence[Message]) -> None:
-        done: Future[None] = Future()
-        self._requests.put((messages, done))
+        if not messages:
+            return
+        request = _Request(list(messages))
+        with self._lock:
+            self._waiting.append(request)
+        self._loop.wake()
         try:
-            done.result(timeout=self._timeout)
+            request.done.result(timeout=self._timeout)
         except TimeoutError:
-            done.cancel()
+            request.done.cancel()
             raise BrokerUnavailable(f"RabbitMQ did not confirm within {self._timeout:g}s") from None
 
     def close(self) -> None:
-        self._requests.put(None)
+        self._loop.stop()
         self._thread.join(timeout=5)
 
-    def _run(self) -> None:
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: Any = None
+    def _take_waiting(self) -> list[_Request]:
+        with self._lock:
+            taken = list(self._waiting)
+            self._waiting.clear()
+        return taken
+
+
+@dataclass(eq=False)
+class _Request:
+    """One caller's messages: confirmed when every one is, failed when any one is not."""
+
+    messages: list[Message]
+    done: Future[None] = field(default_factory=Future)
+    unconfirmed: int = 0
+    failure: BrokerUnavailable | None = None
+    tries: int = 0
+
+    def settle(self) -> None:
+        if self.done.done():
+            return  # the caller gave up waiting (cancelled)
+        if self.failure is not None:
+            self.done.set_exception(self.failure)
+        else:
+            self.done.set_result(None)
+
+
+# Messages in flight when a connection drops are sent once more on the next one (the broker may
+# have taken them: consumers tolerate a duplicate, identified by its message id).
+MAX_TRIES = 2
+
+
+class _PublishingLoop:
+    """The publisher's thread: a pika SelectConnection and its I/O loop, reconnecting with
+    backoff. Only `wake` and `stop` are called from other threads."""
+
+    def __init__(
+        self,
+        params: pika.ConnectionParameters,
+        topology: Topology,
+        take_waiting: Callable[[], list[_Request]],
+    ):
+        self._params = params
+        self._topology = topology
+        self._take_waiting = take_waiting
+        self._ioloop: Any = None
+        self._connection: pika.SelectConnection | None = None
+        self._channel: Any = None  # set once the topology is declared and confirms are on
+        self._next_tag = 1
+        self._in_flight: OrderedDict[int, _Request] = OrderedDict()  # delivery tag -> request
+        self._pending_until_open: list[_Request] = []  # waiting for a connection being opened
         self._retry_at = 0.0
         self._backoff = 0.2
-        while True:
-            try:
-                item = self._requests.get(timeout=5)
-            except queue.Empty:
-                self._keep_alive()
-                continue
-            if item is None:
-                break
-            messages, done = item
-            if done.set_running_or_notify_cancel():
-                self._publish_one_request(messages, done)
-        _close_quietly(self._connection)
+        self._stopping = False
+        self._started = threading.Event()
+        self._wake_pending = threading.Event()
 
-    def _publish_one_request(self, messages: Sequence[Message], done: Future[None]) -> None:
-        # A connection that went stale while idle gets one fresh retry before the caller
-        # hears about it; the retry may duplicate a message, which every consumer tolerates.
-        for retry in (True, False):
-            try:
-                channel = self._ensure_channel()
-                for m in messages:
-                    channel.basic_publish(
-                        m.exchange, m.routing_key, m.body, m.properties, mandatory=True
-                    )
-                done.set_result(None)
-                return
-            except pika.exceptions.UnroutableError:
-                done.set_exception(BrokerUnavailable("RabbitMQ could not route the message"))
-                return
-            except pika.exceptions.NackError:
-                done.set_exception(BrokerUnavailable("RabbitMQ refused the message"))
-                return
-            except BrokerUnavailable as exc:
-                done.set_exception(exc)
-                return
-            except AMQP_ERRORS as exc:
-                log.warning("publisher lost RabbitMQ: %r", exc)
-                self._drop_connection()
-                if not retry:
-                    self._retry_at = time.monotonic() + self._backoff
-                    self._backoff = min(self._backoff * 2, 5.0)
-                    done.set_exception(BrokerUnavailable(f"RabbitMQ is unreachable: {exc!r}"))
+    # -- called from any thread ------------------------------------------------------------
 
-    def _ensure_channel(self) -> Any:
-        if self._channel is None:
-            if time.monotonic() < self._retry_at:
-                raise BrokerUnavailable("RabbitMQ is unreachable; retrying shortly")
-            self._connection = connect(self._url, self._topology.connection_name(self._name))
-            self._channel = self._connection.channel()
-            self._channel.confirm_delivery()
-            self._topology.declare(self._channel)
-            self._backoff = 0.2
-        return self._channel
+    def wake(self) -> None:
+        self._started.wait()
+        if not self._wake_pending.is_set():  # one wake-up serves every request handed over
+            self._wake_pending.set()
+            self._ioloop.add_callback_threadsafe(self._send_waiting)
 
-    def _keep_alive(self) -> None:
-        """Service AMQP heartbeats while idle, so the broker keeps the connection."""
-        if self._connection is None:
+    def stop(self) -> None:
+        self._started.wait()
+        self._ioloop.add_callback_threadsafe(self._shut_down)
+
+    # -- the loop's thread -----------------------------------------------------------------
+
+    def run(self) -> None:
+        self._ioloop = IOLoop()
+        self._started.set()
+        self._ioloop.start()
+        self._ioloop.close()
+
+    def _send_waiting(self) -> None:
+        self._wake_pending.clear()
+        requests = [r for r in self._take_waiting() if r.done.set_running_or_notify_cancel()]
+        if not requests:
             return
-        try:
-            self._connection.process_data_events(time_limit=0)
-        except AMQP_ERRORS:
-            self._drop_connection()
+        if self._channel is not None:
+            for request in requests:
+                self._send(request)
+            return
+        if self._connection is None and time.monotonic() < self._retry_at:
+            for request in requests:
+                request.failure = BrokerUnavailable("RabbitMQ is unreachable; retrying shortly")
+                request.settle()
+            return
+        self._pending_until_open.extend(requests)
+        self._connect()
 
-    def _drop_connection(self) -> None:
-        _close_quietly(self._connection)
+    def _send(self, request: _Request) -> None:
+        request.tries += 1
+        request.unconfirmed = len(request.messages)
+        try:
+            for m in request.messages:
+                self._in_flight[self._next_tag] = request
+                self._next_tag += 1
+                self._channel.basic_publish(
+                    m.exchange, m.routing_key, m.body, m.properties, mandatory=True
+                )
+        except AMQP_ERRORS as exc:
+            log.warning("publisher lost RabbitMQ: %r", exc)
+            self._lost(exc)
+
+    def _connect(self) -> None:
+        if self._connection is not None:
+            return  # already connecting
+        self._connection = pika.SelectConnection(
+            self._params,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_connection_error,
+            on_close_callback=self._on_connection_closed,
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Any) -> None:
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_returned)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm)
+        self._declare(channel, self._topology.declarations())
+
+    def _declare(self, channel: Any, steps: list[tuple[str, dict[str, Any]]]) -> None:
+        """The topology one step at a time, each after the broker's answer to the one before: a
+        publish must not overtake the declaration of the queue it is routed to."""
+        if not steps:
+            self._on_ready(channel)
+            return
+        (method, arguments), rest = steps[0], steps[1:]
+        getattr(channel, method)(**arguments, callback=lambda _frame: self._declare(channel, rest))
+
+    def _on_ready(self, channel: Any) -> None:
+        self._channel = channel
+        self._backoff = 0.2
+        self._next_tag = 1
+        pending, self._pending_until_open = self._pending_until_open, []
+        for request in pending:
+            self._send(request)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tags = (
+            list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, self._in_flight))
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        nacked = isinstance(method, Basic.Nack)
+        for tag in tags:
+            request = self._in_flight.pop(tag, None)
+            if request is None:
+                continue
+            if nacked and request.failure is None:
+                request.failure = BrokerUnavailable("RabbitMQ refused the message")
+            request.unconfirmed -= 1
+            if request.unconfirmed == 0:
+                request.settle()
+
+    def _on_returned(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        """An unroutable message comes back before its confirm: mark the request it came from."""
+        for request in self._in_flight.values():
+            if any(
+                m.exchange == method.exchange
+                and m.routing_key == method.routing_key
+                and m.body == body
+                for m in request.messages
+            ):
+                request.failure = BrokerUnavailable(
+                    f"RabbitMQ could not route the message ({method.reply_text})"
+                )
+                return
+
+    def _on_channel_closed(self, _channel: Any, reason: Exception) -> None:
+        log.warning("publisher's channel closed: %r", reason)
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+        else:
+            self._lost(reason)
+
+    def _on_connection_error(self, _connection: Any, error: Exception) -> None:
+        log.warning("publisher cannot reach RabbitMQ: %r", error)
+        self._lost(error, resend=False)  # callers hear at once that the broker is away
+
+    def _on_connection_closed(self, _connection: Any, reason: Exception) -> None:
+        if not self._stopping:
+            log.warning("publisher lost RabbitMQ: %r", reason)
+        self._lost(reason)
+
+    def _lost(self, reason: Exception, resend: bool = True) -> None:
+        """Fail what cannot be sent again; send the rest once more on a new connection."""
         self._connection = self._channel = None
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 5.0)
+        unsettled = list(dict.fromkeys(self._in_flight.values())) + self._pending_until_open
+        self._in_flight.clear()
+        self._pending_until_open = []
+        again = []
+        for request in unsettled:
+            if (
+                self._stopping
+                or not resend
+                or request.tries >= MAX_TRIES
+                or request.failure is not None
+            ):
+                request.failure = request.failure or BrokerUnavailable(
+                    f"RabbitMQ is unreachable: {reason!r}"
+                )
+                request.settle()
+            else:
+                again.append(request)
+        if self._stopping:
+            self._ioloop.stop()
+        elif again:
+            self._pending_until_open = again
+            self._ioloop.call_later(max(0.0, self._retry_at - time.monotonic()), self._connect)
+
+    def _shut_down(self) -> None:
+        self._stopping = True
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()  # its close callback stops the loop
+        else:
+            self._lost(ConnectionError("the publisher was closed"))
 
 
 def _close_quietly(connection: pika.BlockingConnection | None) -> None:

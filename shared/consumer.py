@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import pika
 import sqlalchemy as sa
@@ -26,20 +26,42 @@ from shared.events import Event, MalformedEvent, decode, utcnow
 log = logging.getLogger(__name__)
 
 
+class Logged(NamedTuple):
+    """An event and its position (offset) in the log."""
+
+    event: Event
+    position: int
+
+
 class Projection(Protocol):
     consumer: str  # this projection's name in the offsets table
     start_at: str  # where a new consumer begins: "first" (all history) or "next" (from now)
     offsets: sa.Table
     dead_letters: sa.Table
 
-    def apply(self, session: Session, event: Event, position: int) -> None:
-        """Fold one event (at `position` in the log) into the projection's tables."""
+    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
+        """Fold these events, in log order, into the projection's tables (one transaction)."""
 
     def after_batch(self, caught_up: bool) -> None:
         """Act on the committed state (place jobs, start containers); runs between batches."""
 
     def tick(self) -> None:
         """Periodic work that does not wait for an event (heartbeats, deadlines)."""
+
+
+class FoldsEachEvent:
+    """A projection whose events are folded one at a time: its `apply` is its whole fold."""
+
+    def apply(self, session: Session, event: Event, position: int) -> None:
+        raise NotImplementedError
+
+    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
+        for event, position in batch:
+            self.apply(session, event, position)
+
+
+# What an event that cannot be folded raises (a database error is not the event's fault).
+BAD_EVENT = (MalformedEvent, LookupError, TypeError, ValueError)
 
 
 class _BadEvent(Exception):
@@ -184,25 +206,34 @@ class StreamConsumer:
             self._on_committed(applied)
 
     def _apply_in_one_transaction(self, fresh: list[_Delivery], isolate: bool) -> list[Event]:
-        projection = self._projection
-        applied: list[Event] = []
         with Session(self._engine) as session, session.begin():
-            for delivery in fresh:
+            if isolate:
+                applied = self._apply_each_apart(session, fresh)
+            else:
                 try:
-                    event = decode(delivery.body)
-                    if isolate:
-                        with session.begin_nested():
-                            projection.apply(session, event, delivery.position)
-                    else:
-                        projection.apply(session, event, delivery.position)
-                    applied.append(event)
+                    batch = [Logged(decode(d.body), d.position) for d in fresh]
+                    self._projection.apply_batch(session, batch)
                 except sa.exc.DBAPIError:
-                    raise  # the database failed, not the event: retry the whole batch
-                except (MalformedEvent, LookupError, TypeError, ValueError) as exc:
-                    if not isolate:
-                        raise _BadEvent from exc
-                    self._dead_letter(session, delivery, exc)
+                    raise  # the database failed, not an event: retry the whole batch
+                except BAD_EVENT as exc:
+                    raise _BadEvent from exc
+                applied = [logged.event for logged in batch]
             self._store_position(session, fresh[-1].position)
+        return applied
+
+    def _apply_each_apart(self, session: Session, fresh: list[_Delivery]) -> list[Event]:
+        """Each event under its own savepoint, so that only a bad one is set aside."""
+        applied: list[Event] = []
+        for delivery in fresh:
+            try:
+                event = decode(delivery.body)
+                with session.begin_nested():
+                    self._projection.apply_batch(session, [Logged(event, delivery.position)])
+                applied.append(event)
+            except sa.exc.DBAPIError:
+                raise
+            except BAD_EVENT as exc:
+                self._dead_letter(session, delivery, exc)
         return applied
 
     def _offset_moved(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pika
@@ -13,7 +14,8 @@ from sqlalchemy.orm import Session
 from services.api import schema
 from services.api.files import record_outputs
 from shared.bus import BrokerUnavailable, Message, Publisher
-from shared.events import Event, EventType
+from shared.consumer import Logged
+from shared.events import EventType
 from shared.jobs import JobView, evolve
 
 log = logging.getLogger(__name__)
@@ -42,51 +44,111 @@ class ApiProjection:
         self._publisher = publisher
         self._response_exchange = response_exchange
 
-    def apply(self, session: Session, event: Event, position: int) -> None:
-        if event.job_id is None:
-            return  # runner events are the scheduler's concern
-        if session.execute(
-            sa.select(schema.events.c.event_id).where(schema.events.c.event_id == event.event_id)
-        ).first():
-            return  # the same event published twice (a publisher retry)
-        session.execute(
-            schema.events.insert().values(
-                event_id=event.event_id,
-                position=position,
-                job_id=event.job_id,
-                type=event.type,
-                occurred_at=event.occurred_at,
-                body=event.to_dict(),
-            )
-        )
-        if event.type == EventType.JOB_OUTPUTS_SAVED:
-            record_outputs(session, event)
-        row = session.execute(
-            sa.select(schema.jobs.c.view).where(schema.jobs.c.job_id == event.job_id)
-        ).first()
-        before = JobView.from_dict(row.view) if row else None
-        after = evolve(before, event)
-        if after is None or after == before:
+    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
+        """A whole batch in a handful of statements: the views it touches are read once, folded
+        in memory, and written back once each (a rebuild is bound by this, not by the log)."""
+        fresh = self._record_events(session, [b for b in batch if b.event.job_id is not None])
+        if not fresh:
             return
-        if before is None:
-            session.execute(
-                schema.jobs.insert().values(
-                    job_id=after.job_id,
-                    position=position,
-                    status=after.status.value,
-                    view=after.to_dict(),
-                    owner=after.owner,
+        for event, _ in fresh:
+            if event.type == EventType.JOB_OUTPUTS_SAVED:
+                record_outputs(session, event)
+        jobs = schema.jobs
+        stored = {
+            row.job_id: JobView.from_dict(row.view)
+            for row in session.execute(
+                sa.select(jobs.c.job_id, jobs.c.view).where(
+                    jobs.c.job_id.in_({event.job_id for event, _ in fresh})
                 )
             )
-        else:
+        }
+        views: dict[str, JobView] = dict(stored)
+        created_at: dict[str, int] = {}  # a new job's position: the event that created it
+        finished: list[JobView] = []
+        for event, position in fresh:
+            assert event.job_id is not None
+            before = views.get(event.job_id)
+            after = evolve(before, event)
+            if after is None or after == before:
+                continue
+            views[after.job_id] = after
+            created_at.setdefault(after.job_id, position)
+            if after.status.is_terminal and (before is None or not before.status.is_terminal):
+                finished.append(after)
+        self._write_views(session, stored, views, created_at)
+        if finished:
             session.execute(
-                schema.jobs.update()
-                .where(schema.jobs.c.job_id == after.job_id)
-                .values(status=after.status.value, view=after.to_dict())
+                schema.outbox.insert(),
+                [{"job_id": view.job_id, "body": job_response(view)} for view in finished],
             )
-        if after.status.is_terminal and (before is None or not before.status.is_terminal):
+
+    @staticmethod
+    def _record_events(session: Session, batch: list[Logged]) -> list[Logged]:
+        """Keep every event's body for `/jobs/{id}/events`; returns the ones not seen before (a
+        publisher's retry may put the same event in the log twice)."""
+        if not batch:
+            return []
+        events = schema.events
+        seen = set(
             session.execute(
-                schema.outbox.insert().values(job_id=after.job_id, body=job_response(after))
+                sa.select(events.c.event_id).where(
+                    events.c.event_id.in_([event.event_id for event, _ in batch])
+                )
+            ).scalars()
+        )
+        fresh = []
+        for logged in batch:
+            if logged.event.event_id not in seen:
+                seen.add(logged.event.event_id)
+                fresh.append(logged)
+        if fresh:
+            session.execute(
+                events.insert(),
+                [
+                    {
+                        "event_id": event.event_id,
+                        "position": position,
+                        "job_id": event.job_id,
+                        "type": event.type,
+                        "occurred_at": event.occurred_at,
+                        "body": event.to_dict(),
+                    }
+                    for event, position in fresh
+                ],
+            )
+        return fresh
+
+    @staticmethod
+    def _write_views(
+        session: Session,
+        stored: dict[str, JobView],
+        views: dict[str, JobView],
+        created_at: dict[str, int],
+    ) -> None:
+        jobs = schema.jobs
+        changed = [view for job_id, view in views.items() if view is not stored.get(job_id)]
+        inserts = [
+            {
+                "job_id": view.job_id,
+                "position": created_at[view.job_id],
+                "status": view.status.value,
+                "view": view.to_dict(),
+                "owner": view.owner,
+            }
+            for view in changed
+            if view.job_id not in stored
+        ]
+        updates = [
+            {"key": view.job_id, "status": view.status.value, "view": view.to_dict()}
+            for view in changed
+            if view.job_id in stored
+        ]
+        if inserts:
+            session.execute(jobs.insert(), inserts)
+        if updates:
+            session.execute(
+                jobs.update().where(jobs.c.job_id == sa.bindparam("key")),
+                updates,
             )
 
     def after_batch(self, caught_up: bool) -> None:

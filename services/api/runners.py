@@ -7,7 +7,7 @@ event on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.api import schema
-from shared.consumer import Projection
+from shared.consumer import Logged, Projection
 from shared.events import Event, EventType
 
 
@@ -28,16 +28,17 @@ class RunnerBoard:
         self.offsets = jobs.offsets
         self.dead_letters = jobs.dead_letters
 
-    def apply(self, session: Session, event: Event, position: int) -> None:
-        if event.type == EventType.RUNNER_HEARTBEAT:
-            record_heartbeat(session, event)
-        elif event.type == EventType.RUNNER_LOST:
-            session.execute(
-                schema.runners.update()
-                .where(schema.runners.c.runner_id == str(event.data["runner"]))
-                .values(lost=True)
-            )
-        self._jobs.apply(session, event, position)
+    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
+        for event, _ in batch:
+            if event.type == EventType.RUNNER_HEARTBEAT:
+                record_heartbeat(session, event)
+            elif event.type == EventType.RUNNER_LOST:
+                session.execute(
+                    schema.runners.update()
+                    .where(schema.runners.c.runner_id == str(event.data["runner"]))
+                    .values(lost=True)
+                )
+        self._jobs.apply_batch(session, batch)
 
     def after_batch(self, caught_up: bool) -> None:
         self._jobs.after_batch(caught_up)

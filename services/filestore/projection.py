@@ -18,13 +18,14 @@ from sqlalchemy.orm import Session
 from services.filestore import schema
 from services.filestore.retention import Retention
 from shared.bus import BrokerUnavailable
+from shared.consumer import FoldsEachEvent
 from shared.events import Event, EventFactory, EventType
 from shared.jobs import JobView, evolve
 
 log = logging.getLogger(__name__)
 
 
-class FilestoreProjection:
+class FilestoreProjection(FoldsEachEvent):
     consumer = "filestore"
     start_at = "first"
     offsets = schema.offsets

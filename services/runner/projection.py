@@ -28,6 +28,7 @@ from services.runner.executor import (
 )
 from services.runner.gpus import HostResources
 from shared.bus import BrokerUnavailable
+from shared.consumer import FoldsEachEvent
 from shared.events import Event, EventType
 from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 30.0  # seconds between looks for orphaned containers
 
 
-class RunnerProjection:
+class RunnerProjection(FoldsEachEvent):
     start_at = "first"
     offsets = schema.offsets
     dead_letters = schema.dead_letters

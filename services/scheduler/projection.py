@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from services.scheduler import schema
 from services.scheduler.placement import Placement, RunnerCapacity, place
 from shared.bus import BrokerUnavailable
+from shared.consumer import FoldsEachEvent
 from shared.events import Event, EventFactory, EventType
 from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
 
@@ -28,7 +29,7 @@ MAX_REASONS_PER_PASS = 100
 REASON_DELAY = timedelta(seconds=1)
 
 
-class SchedulerProjection:
+class SchedulerProjection(FoldsEachEvent):
     consumer = "scheduler"
     start_at = "first"
     offsets = schema.offsets
