@@ -8,7 +8,7 @@ A job that fits nowhere now is given a reason a person understands.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -72,7 +72,15 @@ class Placement:
 @dataclass(frozen=True)
 class Plan:
     placements: list[Placement]
-    waiting: dict[str, str]  # job id -> why it is still queued
+    waiting: dict[str, str]  # job id -> why it is still queued, in queue order
+    runners: list[RunnerCapacity] = field(default_factory=list)  # as the placements left them
+    last: JobView | None = None  # the last job looked at
+    # The pass stopped at `last` because no runner had a free slot: the rest of the queue
+    # was not looked at, and waits for a slot (`waiting_reason` says so for any of them).
+    full: bool = False
+
+
+Shape = tuple[int | None, int | None, float | None, int | None]
 
 
 # -- the rules ---------------------------------------------------------------------------------
@@ -115,6 +123,15 @@ def fits(job: JobView, runner: RunnerCapacity) -> bool:
     return all(rule(job, runner) for rule in PREDICATES)
 
 
+def any_free_slot(runners: Iterable[RunnerCapacity]) -> bool:
+    return any(r.free_slots > 0 for r in runners)
+
+
+def shape_of(job: JobView) -> Shape:
+    """All that the rules read of a job: two jobs of one shape fit, or wait, alike."""
+    return (job.gpus, job.gpu_memory, job.cpus, job.memory)
+
+
 def preference(job: JobView, runner: RunnerCapacity) -> tuple[int, int, str]:
     """Lower is better: fewest GPUs left stranded, then most free slots, then a stable order."""
     stranded = len(runner.free_gpus) - gpus_wanted(job)
@@ -124,14 +141,25 @@ def preference(job: JobView, runner: RunnerCapacity) -> tuple[int, int, str]:
 # -- the plan ----------------------------------------------------------------------------------
 
 
-def place(queued: Iterable[JobView], runners: Sequence[RunnerCapacity]) -> Plan:
-    """Assign as many queued jobs as fit, in queue order; say why each of the others waits."""
+def place(
+    queued: Iterable[JobView], runners: Sequence[RunnerCapacity], until_full: bool = False
+) -> Plan:
+    """Assign as many queued jobs as fit, in queue order; say why each of the others waits.
+    `until_full`: stop looking once no runner has a free slot, as no later job can fit."""
     free = {r.runner_id: r for r in runners}
     placements = []
     unplaced = []
+    # Capacity only shrinks during a pass: a shape that fitted nowhere fits nowhere later.
+    misfits: set[Shape] = set()
+    last, full = None, False
     for job in queued:
-        candidates = [r for r in free.values() if fits(job, r)]
+        if until_full and not any_free_slot(free.values()):
+            full = True
+            break
+        last = job
+        candidates = [] if shape_of(job) in misfits else [r for r in free.values() if fits(job, r)]
         if not candidates:
+            misfits.add(shape_of(job))
             unplaced.append(job)
             continue
         runner = min(candidates, key=lambda r: preference(job, r))
@@ -148,7 +176,21 @@ def place(queued: Iterable[JobView], runners: Sequence[RunnerCapacity]) -> Plan:
             )
         )
     left = list(free.values())
-    return Plan(placements, {job.job_id: waiting_reason(job, left) for job in unplaced})
+    reason = reasons_for(left)
+    return Plan(placements, {job.job_id: reason(job) for job in unplaced}, left, last, full)
+
+
+def reasons_for(runners: Sequence[RunnerCapacity]) -> Callable[[JobView], str]:
+    """`waiting_reason` over `runners`, worked out once for each shape of job."""
+    known: dict[Shape, str] = {}
+
+    def reason(job: JobView) -> str:
+        shape = shape_of(job)
+        if shape not in known:
+            known[shape] = waiting_reason(job, runners)
+        return known[shape]
+
+    return reason
 
 
 def waiting_reason(job: JobView, runners: Sequence[RunnerCapacity]) -> str:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.scheduler import schema
-from services.scheduler.placement import Placement, RunnerCapacity, place
+from services.scheduler.backlog import Backlog
+from services.scheduler.placement import Placement, Plan, RunnerCapacity, place, reasons_for
 from shared.bus import BrokerUnavailable
 from shared.consumer import FoldsEachEvent
 from shared.events import Event, EventFactory, EventType
@@ -20,7 +22,13 @@ from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
 
 log = logging.getLogger(__name__)
 
+_CHANGES = "scheduler.changes"  # session.info key: the job views a transaction wrote
+
+# Queued jobs a pass looks at for placement, at most: it stops sooner once every runner is full.
 MAX_QUEUE_SCAN = 5000
+# Queued jobs past that point whose reason a pass checks, at most: they wait for a slot, and a
+# sweep resumes where the last one stopped, so each pass costs little however long the queue.
+MAX_REASON_SCAN = 1000
 # Wait reasons told per pass, head of the queue first: when capacity churns, the log gets a
 # bounded trickle of JobWaiting, never a flood; the rest are told in the passes that follow.
 MAX_REASONS_PER_PASS = 100
@@ -54,6 +62,13 @@ class SchedulerProjection(FoldsEachEvent):
         # Wait reasons published but perhaps not yet read back: each is told once, on change.
         self._told: dict[str, str] = {}
         self._declared_lost: set[str] = set()
+        # The queue and the active jobs' holds as committed; None until placement first needs
+        # it, and again whenever a transaction of this projection's rolled back.
+        self._backlog: Backlog | None = None
+        # Queued jobs before `_swept_to` have had their reason checked while every runner was
+        # full as in `_swept_runners`: the next sweep of the unexamined tail resumes there.
+        self._swept_to = 0
+        self._swept_runners: list[RunnerCapacity] | None = None
         # Placement waits until the scheduler reads back its own SchedulerStarted: everything
         # before it has been replayed, so no decision is taken on a stale view of the queue.
         self._marker: str | None = None
@@ -82,19 +97,57 @@ class SchedulerProjection(FoldsEachEvent):
 
     def _fold_job(self, session: Session, event: Event, position: int) -> None:
         jobs = schema.jobs
-        row = session.execute(sa.select(jobs.c.view).where(jobs.c.job_id == event.job_id)).first()
+        row = session.execute(
+            sa.select(jobs.c.view, jobs.c.position).where(jobs.c.job_id == event.job_id)
+        ).first()
         before = JobView.from_dict(row.view) if row else None
         after = evolve(before, event)
         if after is None or after == before:
             return
-        if after.status != Status.QUEUED:
-            self._in_flight.pop(after.job_id, None)
-            self._told.pop(after.job_id, None)
         values = {"status": after.status.value, "runner": after.runner, "view": after.to_dict()}
-        if before is None:
+        if row is None:
             session.execute(jobs.insert().values(job_id=after.job_id, position=position, **values))
         else:
             session.execute(jobs.update().where(jobs.c.job_id == after.job_id).values(**values))
+        # Last, so that an event that failed to fold leaves nothing behind to remember.
+        self._changes(session).append((after, position if row is None else row.position))
+
+    # -- what the committed tables hold, in memory --------------------------------------------
+
+    def _changes(self, session: Session) -> list[tuple[JobView, int]]:
+        """The job views this session's transaction wrote: the in-memory state learns them
+        only once the transaction commits, and forgets itself if one rolls back."""
+        changes: list[tuple[JobView, int]] | None = session.info.get(_CHANGES)
+        if changes is None:
+            changes = session.info[_CHANGES] = []
+            sa.event.listen(session, "after_commit", self._committed)
+            sa.event.listen(session, "after_rollback", self._rolled_back)
+        return changes
+
+    def _committed(self, session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint released: the transaction may still roll back
+        for job, position in session.info.pop(_CHANGES, []):
+            if job.status != Status.QUEUED:
+                self._in_flight.pop(job.job_id, None)
+                self._told.pop(job.job_id, None)
+            if self._backlog is not None:
+                self._backlog.record(job, position)
+                if job.status == Status.QUEUED and position < self._swept_to:
+                    self._swept_to = position  # back in the queue (a retry): check it again
+
+    def _rolled_back(self, session: Session) -> None:
+        # Even a savepoint's (an event set aside): which of the changes it undid is not known,
+        # so the tables are read again before the next placement.
+        session.info.pop(_CHANGES, None)
+        self._backlog = None
+
+    def _current_backlog(self) -> Backlog:
+        if self._backlog is None:
+            with self._engine.connect() as connection:
+                self._backlog = Backlog.load(connection)
+            self._swept_to, self._swept_runners = 0, None
+        return self._backlog
 
     def _record_heartbeat(self, session: Session, event: Event) -> None:
         runner_id = event.data["runner"]
@@ -128,68 +181,96 @@ class SchedulerProjection(FoldsEachEvent):
         self.place_queued_jobs()
 
     def place_queued_jobs(self) -> None:
+        """Place what fits, head of the queue first; tell a bounded few why they wait.
+        Costs the jobs it places and looks at, and never more than a bounded sweep besides."""
         if not self.caught_up:
             return
+        backlog = self._current_backlog()
+        if not len(backlog):
+            return
         with self._engine.connect() as connection:
-            queued = [
-                JobView.from_dict(row.view)
-                for row in connection.execute(
-                    sa.select(schema.jobs.c.view)
-                    .where(schema.jobs.c.status == Status.QUEUED.value)
-                    .order_by(schema.jobs.c.position)
-                    .limit(MAX_QUEUE_SCAN)
-                )
-            ]
-            queued = [job for job in queued if job.job_id not in self._in_flight]
-            if not queued:
-                return
-            capacity = self._free_capacity(connection)
-        plan = place(queued, capacity)
+            capacity = self._free_capacity(connection, backlog)
+        candidates = (job for _, job in backlog.queued() if job.job_id not in self._in_flight)
+        plan = place(islice(candidates, MAX_QUEUE_SCAN), capacity, until_full=True)
         placements = plan.placements
         # Right after a (re)start, no runner heard from yet means nothing: they get a deadline.
         settled = capacity or not self._within_first_deadline()
-        reasons = self._changed_reasons(queued, plan.waiting) if settled else {}
-        if not placements and not reasons:
-            return
-        events = [
-            self._new_event(
-                EventType.JOB_ASSIGNED,
-                p.job_id,
-                runner=p.runner_id,
-                attempt=p.attempt,
-                gpus=[dict(g) for g in p.gpus],
-            )
-            for p in placements
-        ]
-        events += [
-            self._new_event(EventType.JOB_WAITING, job_id, reason=reason)
-            for job_id, reason in reasons.items()
-        ]
-        try:
-            self._log.append(*events)
-        except BrokerUnavailable as exc:
-            log.warning("could not publish %d placements and reasons: %s", len(events), exc)
-            return
-        self._told.update(reasons)
-        for p in placements:
-            self._in_flight[p.job_id] = p
-            log.info("placed job %s on %s (attempt %d)", p.job_id, p.runner_id, p.attempt)
+        reasons, swept_to = self._changed_reasons(backlog, plan) if settled else ({}, None)
+        if placements or reasons:
+            events = [
+                self._new_event(
+                    EventType.JOB_ASSIGNED,
+                    p.job_id,
+                    runner=p.runner_id,
+                    attempt=p.attempt,
+                    gpus=[dict(g) for g in p.gpus],
+                )
+                for p in placements
+            ]
+            events += [
+                self._new_event(EventType.JOB_WAITING, job_id, reason=reason)
+                for job_id, reason in reasons.items()
+            ]
+            try:
+                self._log.append(*events)
+            except BrokerUnavailable as exc:
+                log.warning("could not publish %d placements and reasons: %s", len(events), exc)
+                return
+            self._told.update(reasons)
+            for p in placements:
+                self._in_flight[p.job_id] = p
+                log.info("placed job %s on %s (attempt %d)", p.job_id, p.runner_id, p.attempt)
+        if swept_to is not None:
+            self._swept_to = swept_to
 
-    def _changed_reasons(self, queued: list[JobView], waiting: dict[str, str]) -> dict[str, str]:
+    def _changed_reasons(self, backlog: Backlog, plan: Plan) -> tuple[dict[str, str], int | None]:
+        """Reasons that changed since told, head of the queue first, at most
+        MAX_REASONS_PER_PASS; and where the sweep of the unexamined tail stopped, if it ran."""
         changed: dict[str, str] = {}
         now = self._clock()
-        for job in queued:
-            reason = waiting.get(job.job_id)
-            if reason is None or reason == self._told.get(job.job_id, job.reason):
-                continue
+        if not plan.full:
+            # Reasons told now are not the ones a full cluster gives: sweep again once full.
+            self._swept_runners = None
+        examined = ((backlog.view_of(job_id), reason) for job_id, reason in plan.waiting.items())
+        for job, reason in examined:
+            if self._tells(job, reason, now):
+                changed[job.job_id] = reason
+                if len(changed) >= MAX_REASONS_PER_PASS:
+                    return changed, None
+        if not plan.full:
+            return changed, None
+        # The rest wait for a slot, or for a runner that has what they need: their reasons
+        # change only when the runners' inventory does, so the sweep resumes where it stopped.
+        inventory = sorted((r.emptied() for r in plan.runners), key=lambda r: r.runner_id)
+        if inventory != self._swept_runners:
+            self._swept_runners, self._swept_to = inventory, 0
+        reason_of = reasons_for(plan.runners)
+        after = -1 if plan.last is None else backlog.position_of(plan.last.job_id)
+        swept_to = self._swept_to
+        for position, job in islice(self._tail(backlog, after), MAX_REASON_SCAN):
             if now - job.created_at < REASON_DELAY:
+                return changed, position  # the rest are younger still: a later pass
+            swept_to = position + 1
+            if job.job_id in self._in_flight:
                 continue
-            changed[job.job_id] = reason
-            if len(changed) >= MAX_REASONS_PER_PASS:
-                break
-        return changed
+            reason = reason_of(job)
+            if self._tells(job, reason, now):
+                changed[job.job_id] = reason
+                if len(changed) >= MAX_REASONS_PER_PASS:
+                    break
+        return changed, swept_to
 
-    def _free_capacity(self, connection: sa.Connection) -> list[RunnerCapacity]:
+    def _tail(self, backlog: Backlog, after: int) -> Iterator[tuple[int, JobView]]:
+        """Queued jobs past `after` and not yet swept, oldest first."""
+        return backlog.queued(after=max(after, self._swept_to - 1))
+
+    def _tells(self, job: JobView, reason: str, now: datetime) -> bool:
+        """Whether `reason` is news for `job`, and it has waited long enough to be told."""
+        if reason == self._told.get(job.job_id, job.reason):
+            return False
+        return now - job.created_at >= REASON_DELAY
+
+    def _free_capacity(self, connection: sa.Connection, backlog: Backlog) -> list[RunnerCapacity]:
         """Each live runner's reported capacity, less what its active and in-flight jobs hold."""
         cutoff = self._clock() - self._deadline
         live = connection.execute(
@@ -197,13 +278,8 @@ class SchedulerProjection(FoldsEachEvent):
                 schema.runners.c.lost.is_(False), schema.runners.c.last_seen >= cutoff
             )
         ).all()
-        active = connection.execute(
-            sa.select(schema.jobs.c.view).where(schema.jobs.c.status.in_([s.value for s in ACTIVE]))
-        ).scalars()
-        holds = [_hold_of(JobView.from_dict(view)) for view in active]
-        holds += self._in_flight.values()
         by_runner: dict[str, list[Placement]] = {}
-        for hold in holds:
+        for hold in (*backlog.holds(), *self._in_flight.values()):
             by_runner.setdefault(hold.runner_id, []).append(hold)
         return [_capacity_of(r.runner_id, r.capacity, by_runner.get(r.runner_id, [])) for r in live]
 
@@ -269,18 +345,6 @@ class SchedulerProjection(FoldsEachEvent):
             self._deadline,
             len(jobs),
         )
-
-
-def _hold_of(job: JobView) -> Placement:
-    """What an active job holds on its runner, in the placement's terms."""
-    return Placement(
-        job.job_id,
-        job.runner or "",
-        job.attempt,
-        tuple(job.assigned_gpus),
-        job.cpus or 0.0,
-        job.memory or 0,
-    )
 
 
 def _capacity_of(
