@@ -28,6 +28,12 @@ import falcon
 from services.api.errors import overloaded
 
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# A shed request's body up to this size is read and dropped, so that its client, which sends the
+# whole body before it reads an answer, gets the 503 and keeps its connection. gunicorn itself
+# drains only 64 KiB and otherwise closes the connection after the answer (while its header said
+# keep-alive): the client then sees its next request on it fail, or a reset instead of the 503.
+# A body above this is left to that, so nobody's upload of gigabytes is read only to be refused.
+DRAIN_LIMIT = 1024 * 1024
 
 
 class Admission:
@@ -53,6 +59,7 @@ class Admission:
         if not self._slots.acquire(timeout=self._wait):
             with self._lock:
                 self.shed += 1
+            _drain(req)
             raise overloaded()
         with self._lock:
             self._in_use += 1
@@ -69,3 +76,14 @@ class Admission:
         with self._lock:
             self._in_use -= 1
         self._slots.release()
+
+
+def _drain(req: falcon.Request) -> None:
+    length = req.content_length
+    if not length or length > DRAIN_LIMIT:
+        return
+    try:
+        while req.bounded_stream.read(64 * 1024):
+            pass
+    except (OSError, ValueError):  # the client went quiet (ClientTimeout) or away
+        pass

@@ -30,9 +30,10 @@ class ClientTimeout:
 def create_app(deps: ApiDeps) -> falcon.App:
     settings = deps.settings
     middleware: list[Any] = [
-        # First, so that a request past capacity is shed before any other work is done on it.
-        Admission(settings.api_max_concurrent, settings.api_admission_wait),
         ClientTimeout(settings.api_client_timeout),
+        # Before anything else that works on a request, so a request past capacity is shed
+        # before any other work is done on it.
+        Admission(settings.api_max_concurrent, settings.api_admission_wait),
         # Every request is authenticated before any route sees it (docs/security.md).
         auth.Authentication(auth.token_book(settings)),
     ]
