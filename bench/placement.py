@@ -5,8 +5,10 @@ alone: no API, no runner, no Docker). This process then plays a runner with `slo
 sends heartbeats, reads the log, and for each JobAssigned to it publishes JobStarted and
 JobFinished at once (an instant job), so each placement waits only for a slot to free up.
 
-A sample is one placement: the time from the JobFinished that freed its slot (confirmed by
-RabbitMQ) to its JobAssigned read back from the log, with the queue depth at that moment.
+Measuring starts once the scheduler has told every queued job why it waits (a bounded trickle
+of JobWaiting a pass, which the seeding causes, not placement). A sample is one placement: the
+time from the JobFinished that freed its slot (confirmed by RabbitMQ) to its JobAssigned read
+back from the log, with the queue depth at that moment.
 Draining 10k jobs through a few slots would take long, so the queue steps down instead: after
 `SAMPLES_PER_STEP` placements at one depth, the jobs at the tail of the queue are cancelled
 (cheap events for the scheduler to fold) down to the next step. The curve is reported in
@@ -34,6 +36,8 @@ SEED_BATCH = 500  # events a confirm: seeding is not what is measured
 STEPS = 10  # queue depths measured: jobs, jobs * 9/10, ..., jobs / 10
 SAMPLES_PER_STEP = 60  # placements measured at each depth
 WARMUP_PER_STEP = 8  # placements after a step down that are not measured (cancels settling)
+SETTLE_QUIET = 3.0  # seconds without a JobWaiting: the scheduler told every reason
+SETTLE_TIMEOUT = 600
 HEARTBEAT_EVERY = 1.0  # seconds; the scheduler's runner deadline is far longer
 RUNNER = "bench-runner"
 
@@ -56,6 +60,7 @@ def run(root: Path, jobs: int, slots: int) -> dict[str, Any]:
             runner = FakeRunner(cluster.amqp_url, topology, publisher, slots, ids)
             try:
                 samples = runner.measure()
+                reasons = runner.reasons_told
             finally:
                 runner.close()
     finally:
@@ -68,6 +73,7 @@ def run(root: Path, jobs: int, slots: int) -> dict[str, Any]:
         "jobs": jobs,
         "slots": slots,
         "samples": len(samples),
+        "reasons_told_before": reasons,  # JobWaiting the scheduler sent before measuring
         "buckets": buckets,
         # The deepest bucket's median over the shallowest's: 1.0 is flat.
         "flatness": round(medians[0] / medians[-1], 2) if len(medians) > 1 else None,
@@ -147,6 +153,9 @@ class FakeRunner:
             topology.events_stream, self._on_message, arguments={"x-stream-offset": "next"}
         )
         self._assigned: list[tuple[float, str, dict[str, Any]]] = []
+        # JobWaiting read so far, and when the last was; at least REASON_DELAY from the seed.
+        self._reasons, self._last_reason = 0, time.monotonic()
+        self.reasons_told = 0  # before measuring
 
     def close(self) -> None:
         if self._connection.is_open:
@@ -159,6 +168,7 @@ class FakeRunner:
         samples: list[tuple[int, float]] = []
         self._heartbeat()
         self._await_assignments(self._slots, timeout=600)  # the scheduler replayed the seed
+        self._settle()
         for target in targets:
             self._cancel_down_to(target)
             for n in range(WARMUP_PER_STEP + SAMPLES_PER_STEP):
@@ -200,10 +210,23 @@ class FakeRunner:
             self._connection.process_data_events(time_limit=0.05)
         return self._assigned[-1][0]
 
+    def _settle(self) -> None:
+        """Wait until the scheduler has told each queued job why it waits (a bounded trickle
+        a pass, REASON_DELAY after submission): a cost of the seeding, not of placement."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while time.monotonic() - self._last_reason < SETTLE_QUIET:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the scheduler never stopped telling reasons")
+            self._heartbeat()
+            self._connection.process_data_events(time_limit=0.05)
+        self.reasons_told = self._reasons
+
     def _on_message(self, channel: Any, method: Any, _properties: Any, body: bytes) -> None:
         read = time.monotonic()
         channel.basic_ack(method.delivery_tag)
         event = decode(body)
+        if event.type == EventType.JOB_WAITING:
+            self._last_reason, self._reasons = read, self._reasons + 1
         if event.type != EventType.JOB_ASSIGNED or event.data.get("runner") != RUNNER:
             return
         job_id = str(event.job_id)

@@ -65,6 +65,10 @@ class Backlog:
     def holds(self) -> Iterable[Placement]:
         return self._holds.values()
 
+    def __contains__(self, job_id: object) -> bool:
+        """Whether the job is queued."""
+        return job_id in self._queued
+
     def __len__(self) -> int:
         """How many jobs are queued."""
         return len(self._queued)

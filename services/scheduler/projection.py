@@ -127,7 +127,8 @@ class SchedulerProjection(FoldsEachEvent):
     def _committed(self, session: Session) -> None:
         if session.in_nested_transaction():
             return  # a savepoint released: the transaction may still roll back
-        for job, position in session.info.pop(_CHANGES, []):
+        changes = session.info[_CHANGES]
+        for job, position in changes:
             if job.status != Status.QUEUED:
                 self._in_flight.pop(job.job_id, None)
                 self._told.pop(job.job_id, None)
@@ -135,18 +136,23 @@ class SchedulerProjection(FoldsEachEvent):
                 self._backlog.record(job, position)
                 if job.status == Status.QUEUED and position < self._swept_to:
                     self._swept_to = position  # back in the queue (a retry): check it again
+        changes.clear()
 
     def _rolled_back(self, session: Session) -> None:
         # Even a savepoint's (an event set aside): which of the changes it undid is not known,
         # so the tables are read again before the next placement.
-        session.info.pop(_CHANGES, None)
+        session.info[_CHANGES].clear()
         self._backlog = None
 
     def _current_backlog(self) -> Backlog:
         if self._backlog is None:
             with self._engine.connect() as connection:
-                self._backlog = Backlog.load(connection)
+                backlog = self._backlog = Backlog.load(connection)
             self._swept_to, self._swept_runners = 0, None
+            # A decision or a reason whose job has left the queue was read back (the change
+            # that said so may have been forgotten with a savepoint's rollback).
+            self._in_flight = {k: p for k, p in self._in_flight.items() if k in backlog}
+            self._told = {k: r for k, r in self._told.items() if k in backlog}
         return self._backlog
 
     def _record_heartbeat(self, session: Session, event: Event) -> None:

@@ -122,19 +122,21 @@ def test_a_rolled_back_batch_leaves_no_trace_in_memory(world):
 
 def test_an_event_set_aside_under_a_savepoint_leaves_memory_as_the_tables(world):
     projection, apply, new_event, log, clock, engine = world
-    apply(projection, heartbeat(new_event, slots=1))
+    first, second = submitted(new_event, 2)
+    apply(projection, heartbeat(new_event, slots=2), first)
     projection.place_queued_jobs()
-    good, bad = submitted(new_event, 2)
-    bad = Event(bad.type, {"image": "b"}, bad.job_id, bad.producer, bad.occurred_at)  # no command
+    [assigned] = log.take(EventType.JOB_ASSIGNED)
+    bad = new_event(EventType.JOB_SUBMITTED, "bad", image="b")  # no command: set aside
     with Session(engine) as session, session.begin():
-        for position, event in ((200, good), (201, bad)):
+        for position, event in ((200, assigned), (201, bad)):
             try:
                 with session.begin_nested():
                     projection.apply(session, event, position)
             except KeyError:
                 pass  # the consumer dead-letters it
-    projection.place_queued_jobs()
-    assert [e.job_id for e in log.take(EventType.JOB_ASSIGNED)] == ["job-00000"]
+    apply(projection, second)
+    projection.place_queued_jobs()  # job-00000 holds one slot, as its view: not in flight too
+    assert [e.job_id for e in log.take(EventType.JOB_ASSIGNED)] == ["job-00001"]
 
 
 def test_every_waiting_job_is_told_once_a_few_a_pass_head_first(world, monkeypatch):
