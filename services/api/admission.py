@@ -3,15 +3,18 @@
 At most `FREIGHT_API_MAX_CONCURRENT` requests are worked on at once in a worker; one more waits
 up to `FREIGHT_API_ADMISSION_WAIT` seconds for a turn, then is answered 503 `overloaded` with
 `Retry-After`. gunicorn runs more threads (`FREIGHT_API_THREADS`) than that bound, so the excess
-reaches this middleware and is shed in microseconds instead of waiting, unseen, in gunicorn's
-queue while every request's latency grows.
+reaches this middleware and is answered within that wait instead of waiting, unseen, in
+gunicorn's queue while every request's latency grows (connections beyond the thread count still
+wait there: the threads are the outer bound).
 
 What a slot covers: the request's handling, from before routing until its responder returns
 (falcon's `process_response`), which is all the work of a JSON answer, a submission's body and
 its publish included. A streamed body (`resp.stream`: `GET /jobs/{id}/logs?follow`, server-sent
 events, file downloads) is sent after that, outside any slot: a follower may last hours while
 doing almost no work (a read every 0.25 s), so holding a slot for its life would let a few
-followers shut everybody out. Those streams are bounded by the thread count instead.
+followers shut everybody out. Those streams are bounded by the thread count instead. An upload,
+though, holds its slot while its body arrives: reading it is the work (a client that stalls is
+cut off after FREIGHT_API_CLIENT_TIMEOUT).
 
 Probes are never shed: an orchestrator that sees `/healthz` fail under load would restart the
 very process that is coping with it.
@@ -20,12 +23,15 @@ very process that is coping with it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import falcon
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from services.api.errors import overloaded
+from shared.config import Settings
 
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 # A shed request's body up to this size is read and dropped, so that its client, which sends the
@@ -37,8 +43,9 @@ DRAIN_LIMIT = 1024 * 1024
 
 
 class Admission:
-    """A falcon middleware holding a bounded number of slots; put it first in the chain so a
-    shed request costs nothing else (no token check, no routing)."""
+    """A falcon middleware holding a bounded number of slots (one set per gunicorn worker). It
+    goes before any middleware that works on a request, so a shed request costs nothing else: no
+    token check, no routing (ClientTimeout, before it, only bounds reads of its body)."""
 
     def __init__(self, limit: int, wait: float, exempt: Iterable[str] = PROBES):
         self._slots = threading.BoundedSemaphore(limit)
@@ -46,8 +53,11 @@ class Admission:
         self._exempt = frozenset(exempt)
         self._lock = threading.Lock()
         self._in_use = 0
-        self.limit = limit
         self.shed = 0  # requests answered 503 since start
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Admission:
+        return cls(settings.api_max_concurrent, settings.api_admission_wait)
 
     @property
     def in_use(self) -> int:
@@ -76,6 +86,26 @@ class Admission:
         with self._lock:
             self._in_use -= 1
         self._slots.release()
+
+
+class AdmissionCollector(Collector):
+    """/metrics: how full the slots are, and how many requests were shed (per worker)."""
+
+    def __init__(self, admission: Admission):
+        self._admission = admission
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        admission = self._admission
+        yield GaugeMetricFamily(
+            "freight_api_requests_admitted",
+            "Requests being worked on now (at most FREIGHT_API_MAX_CONCURRENT).",
+            value=admission.in_use,
+        )
+        yield CounterMetricFamily(
+            "freight_api_requests_shed",
+            "Requests answered 503 overloaded: no slot came free in FREIGHT_API_ADMISSION_WAIT.",
+            value=admission.shed,
+        )
 
 
 def _drain(req: falcon.Request) -> None:

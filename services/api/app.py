@@ -27,13 +27,15 @@ class ClientTimeout:
             sock.settimeout(self._seconds)
 
 
-def create_app(deps: ApiDeps) -> falcon.App:
+def create_app(deps: ApiDeps, admission: Admission | None = None) -> falcon.App:
+    """`admission`: the worker's own, when its figures are shown on /metrics (main.build)."""
     settings = deps.settings
+    admission = admission or Admission.from_settings(settings)
     middleware: list[Any] = [
         ClientTimeout(settings.api_client_timeout),
         # Before anything else that works on a request, so a request past capacity is shed
         # before any other work is done on it.
-        Admission(settings.api_max_concurrent, settings.api_admission_wait),
+        admission,
         # Every request is authenticated before any route sees it (docs/security.md).
         auth.Authentication(auth.token_book(settings)),
     ]

@@ -10,6 +10,7 @@ from typing import Any
 import falcon
 from gunicorn.app.base import BaseApplication
 
+from services.api.admission import Admission, AdmissionCollector
 from services.api.app import create_app
 from services.api.auth import check_exposure
 from services.api.files import OutputStore
@@ -71,7 +72,9 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
         runner_files=RunnerFilesClient(files, settings.namespace),
         outputs=OutputStore(engine),
     )
-    return create_app(deps)
+    admission = Admission.from_settings(settings)
+    metrics.watch(AdmissionCollector(admission))
+    return create_app(deps, admission)
 
 
 def files_node(settings: Settings, topology: Topology) -> Node:

@@ -105,7 +105,10 @@ def test_past_the_bound_a_request_is_shed_with_503_and_probes_still_answer(app):
 
     assert client.simulate_get("/healthz").status_code == 200
     assert client.simulate_get("/readyz").status_code == 200
-    assert client.simulate_get("/metrics").status_code == 200
+    metrics = client.simulate_get("/metrics")
+    assert metrics.status_code == 200
+    assert "freight_api_requests_admitted 1.0" in metrics.text
+    assert "freight_api_requests_shed_total 2.0" in metrics.text
 
     held.release.set()
     thread.join(20)
