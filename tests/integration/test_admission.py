@@ -15,6 +15,7 @@ import falcon
 import falcon.testing
 import pytest
 
+from services.api.admission import Admission
 from services.api.main import build
 from shared.config import ConfigError, Settings
 from shared.db import create_engine, migrate
@@ -149,6 +150,18 @@ def test_a_shed_request_or_an_error_gives_back_what_it_took(app):
             == 400
         )
     assert client.simulate_get("/jobs").status_code == 200
+
+
+def test_a_request_refused_by_a_later_middleware_gives_its_slot_back():
+    """As a 401 from the token check does: falcon still calls every `process_response`."""
+
+    class Refuse:
+        def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+            raise falcon.HTTPUnauthorized()
+
+    client = falcon.testing.TestClient(falcon.App(middleware=[Admission(1, 0.0), Refuse()]))
+    for _ in range(3):  # with one slot and no wait, a leak would shed the second
+        assert client.simulate_get("/jobs").status_code == 401
 
 
 def test_admission_settings_come_from_the_environment():
