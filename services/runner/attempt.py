@@ -122,9 +122,10 @@ class Attempt:
             log.exception("attempt %s/%d crashed", self.job.job_id, self.attempt)
             ending = Ending(Outcome.ERROR, f"freight error: {exc!r}")
         finally:
+            outputs = None
             if started and container_id is not None:
-                ending = self._save_outputs(container_id, ending)
-            self._finish(ending)
+                ending, outputs = self._save_outputs(container_id, ending)
+            self._finish(ending, outputs)
             if container_id is not None:
                 ctx.executor.remove(container_id)
             self._on_done(self)
@@ -202,10 +203,11 @@ class Attempt:
         if self._ctx.files is not None:
             self._ctx.files.place_inputs(container_id, self.job)
 
-    def _save_outputs(self, container_id: str, ending: Ending) -> Ending:
-        """Whatever the outcome, keep what the job wrote before its container goes."""
+    def _save_outputs(self, container_id: str, ending: Ending) -> tuple[Ending, Event | None]:
+        """Whatever the outcome, keep what the job wrote before its container goes; returns the
+        ending (a failure to save turns success into ERROR) and the JobOutputsSaved to tell."""
         if self._ctx.files is None:
-            return ending
+            return ending, None
         try:
             # The filestore then has all it printed, and makes /.freight/stdout and stderr of it.
             log_complete = (
@@ -214,18 +216,18 @@ class Attempt:
             saved = self._ctx.files.save_outputs(container_id, self.job, log_complete)
         except Exception:  # noqa: BLE001 - the job must still end
             log.exception("saving the outputs of %s/%d crashed", self.job.job_id, self.attempt)
-            return ending
-        self._emit(EventType.JOB_OUTPUTS_SAVED, always=True, **saved.event_data())
+            return ending, None
+        outputs = self._event(EventType.JOB_OUTPUTS_SAVED, **saved.event_data())
         if saved.error and ending.outcome == Outcome.SUCCEEDED:
             # The user's results are lost: the job did not complete, by our fault.
-            return Ending(Outcome.ERROR, f"freight error: {saved.error}", ending.exit_code)
-        return ending
+            return Ending(Outcome.ERROR, f"freight error: {saved.error}", ending.exit_code), outputs
+        return ending, outputs
 
     def _stopped_ending(self, exit_code: int | None) -> Ending:
         outcome = self.control.stop_outcome or Outcome.CANCELLED
         return Ending(outcome, self.control.stop_reason or outcome.value, exit_code)
 
-    def _finish(self, ending: Ending) -> None:
+    def _finish(self, ending: Ending, outputs: Event | None) -> None:
         log.info(
             "job %s attempt %d ended: %s (%s)",
             self.job.job_id,
@@ -233,27 +235,34 @@ class Attempt:
             ending.outcome.value,
             ending.reason or f"exit code {ending.exit_code}",
         )
-        self._emit(
+        finished = self._event(
             EventType.JOB_FINISHED,
             exit_code=ending.exit_code,
             outcome=ending.outcome.value,
             reason=ending.reason,
-            always=True,
         )
+        # One append, one confirm: what it saved, then that it ended.
+        self._tell([outputs, finished] if outputs else [finished], always=True)
 
     def _emit(self, type: EventType, always: bool = False, **data: Any) -> None:
-        event: Event = self._ctx.new_event(
+        self._tell([self._event(type, **data)], always)
+
+    def _event(self, type: EventType, **data: Any) -> Event:
+        return self._ctx.new_event(
             type, self.job.job_id, attempt=self.attempt, runner=self._ctx.runner_id, **data
         )
+
+    def _tell(self, events: list[Event], always: bool) -> None:
         backoff = 0.2
         while True:
             try:
-                self._ctx.log.append(event)
+                self._ctx.log.append(*events)
                 return
             except BrokerUnavailable as exc:
+                what = ", ".join(e.type for e in events)
                 if not always:
-                    raise ExecutorError(f"could not record {type.value}: {exc}") from None
+                    raise ExecutorError(f"could not record {what}: {exc}") from None
                 # Keep trying until the broker is back: the fact happened and must be told.
-                log.warning("retrying %s for job %s: %s", type.value, self.job.job_id, exc)
+                log.warning("retrying %s for job %s: %s", what, self.job.job_id, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -240,12 +240,19 @@ class DockerExecutor:
         return ContainerState(info["Id"], info["State"]["Status"] != "created")
 
     def create(self, spec: ContainerSpec) -> str:
-        self._ensure_image(spec.image)
+        try:
+            return self._create(spec)
+        except docker.errors.ImageNotFound:
+            pass  # pulled only when missing: no look at the image on every create
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise ExecutorError(f"could not create the container: {_explain(exc)}") from None
+        self._pull(spec.image)
+        return self._call("create the container", self._create, spec)
+
+    def _create(self, spec: ContainerSpec) -> str:
         confinement = self._confinement
         spec = confinement.limited(spec)
-        container = self._call(
-            "create the container",
-            self._api.create_container,
+        container = self._api.create_container(
             spec.image,
             ["sh", "-c", spec.command],
             name=spec.name,
@@ -396,14 +403,7 @@ class DockerExecutor:
         finally:
             response.close()
 
-    def _ensure_image(self, image: str) -> None:
-        try:
-            self._api.inspect_image(image)
-            return
-        except docker.errors.ImageNotFound:
-            pass
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise ExecutorError(f"could not inspect image {image!r}: {_explain(exc)}") from None
+    def _pull(self, image: str) -> None:
         log.info("pulling image %s", image)
         try:
             self._client.images.pull(image)
