@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,6 +151,7 @@ class ApiProjection:
                 jobs.update().where(jobs.c.job_id == sa.bindparam("key")),
                 updates,
             )
+        _count_jobs(session, stored, changed)
 
     def after_batch(self, caught_up: bool) -> None:
         self.announce_finished_jobs()
@@ -186,4 +188,42 @@ class ApiProjection:
                 correlation_id=job_id,
                 message_id=f"{job_id}:{body['status']}",
             ),
+        )
+
+
+def _count_jobs(session: Session, stored: dict[str, JobView], changed: list[JobView]) -> None:
+    """Keep `api_job_counts` in step with the views written: a new job counts once, a job that
+    changed status moves from one count to the other."""
+    deltas: Counter[tuple[str, str]] = Counter()
+    for view in changed:
+        before = stored.get(view.job_id)
+        if before is not None and before.status == view.status:
+            continue
+        if before is not None:
+            deltas[(before.owner, before.status.value)] -= 1
+        deltas[(view.owner, view.status.value)] += 1
+    deltas = Counter({key: n for key, n in deltas.items() if n})
+    if not deltas:
+        return
+    counts = schema.job_counts
+    existing = {
+        (row.owner, row.status)
+        for row in session.execute(
+            sa.select(counts.c.owner, counts.c.status).where(
+                counts.c.owner.in_({owner for owner, _ in deltas})
+            )
+        )
+    }
+    rows = [{"o": owner, "s": status, "d": n} for (owner, status), n in deltas.items()]
+    if updates := [row for row in rows if (row["o"], row["s"]) in existing]:
+        session.execute(
+            counts.update()
+            .where(counts.c.owner == sa.bindparam("o"), counts.c.status == sa.bindparam("s"))
+            .values(jobs=counts.c.jobs + sa.bindparam("d")),
+            updates,
+        )
+    if inserts := [row for row in rows if (row["o"], row["s"]) not in existing]:
+        session.execute(
+            counts.insert(),
+            [{"owner": row["o"], "status": row["s"], "jobs": row["d"]} for row in inserts],
         )

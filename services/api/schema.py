@@ -18,6 +18,17 @@ jobs = sa.Table(
     sa.Column("owner", sa.String(200), nullable=False, server_default="anonymous"),
     sa.Index("api_jobs_status_position", "status", "position"),
     sa.Index("api_jobs_owner_status_position", "owner", "status", "position"),
+    sa.Index("api_jobs_owner_position", "owner", "position"),  # one user's `status=all`
+)
+
+# How many jobs each owner has in each status, kept with the views: a listing's `count` without
+# counting the whole filter on every page.
+job_counts = sa.Table(
+    "api_job_counts",
+    metadata,
+    sa.Column("owner", sa.String(200), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("jobs", sa.BigInteger, nullable=False),
 )
 
 events = sa.Table(

@@ -52,16 +52,22 @@ class JobStore:
         if before is not None:
             query = query.where(jobs.c.position < before)
         query = query.order_by(jobs.c.position.desc()).limit(limit + 1)
+        counts = schema.job_counts
+        counted: list[sa.ColumnElement[bool]] = []
+        if statuses:
+            counted.append(counts.c.status.in_([s.value for s in statuses]))
+        if owner is not None:
+            counted.append(counts.c.owner == owner)
         with self._engine.connect() as connection:
             rows = connection.execute(query).all()
             total = connection.execute(
-                sa.select(sa.func.count()).select_from(jobs).where(*where)
+                sa.select(sa.func.coalesce(sa.func.sum(counts.c.jobs), 0)).where(*counted)
             ).scalar_one()
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(
             jobs=[JobView.from_dict(r.view) for r in rows],
-            total=total,
+            total=int(total),  # a sum is a Decimal on PostgreSQL
             next_cursor=rows[-1].position if more else None,
         )
 

@@ -199,6 +199,21 @@ def test_cancel_a_queued_job_then_cancel_again(client):
     assert_error(client.simulate_delete(f"/jobs/{job_id}"), 409, "conflict", "FAILED")
 
 
+def test_listing_counts_follow_jobs_from_status_to_status(client):
+    ids = [submit(client, command=f"echo {n}").json["job_id"] for n in range(3)]
+    for job_id in ids:
+        projected(client, job_id, "QUEUED")
+    client.simulate_delete(f"/jobs/{ids[0]}")
+    projected(client, ids[0], "FAILED")
+
+    def count(status: str) -> int:
+        return int(client.simulate_get("/jobs", params={"status": status}).json["count"])
+
+    assert (count("QUEUED"), count("FAILED"), count("QUEUED,FAILED")) == (2, 1, 3)
+    assert client.simulate_get("/jobs").json["count"] == 2  # the unfinished ones
+    assert count("COMPLETE") == 0
+
+
 def test_listing_pages_newest_first_with_a_cursor(client):
     ids = [submit(client, command=f"echo {n}").json["job_id"] for n in range(5)]
     projected(client, ids[-1], "QUEUED")
