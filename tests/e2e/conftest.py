@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from shared.config import Settings
+from shared.tokens import add_token
 from tests.conftest import fresh_settings
 from tests.waiting import wait_until
 
@@ -156,17 +157,18 @@ def running_cluster(
     logs: Path,
     runner_overrides: dict[str, Any] | None = None,
     start: Callable[[Cluster], None] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[Cluster]:
-    """Every service as its own process (or those `start` starts); afterwards stopped, and
-    their containers removed."""
+    """Every service as its own process (or those `start` starts), each with its `overrides`
+    (FREIGHT_* settings by service); afterwards stopped, and their containers removed."""
     client = docker_client()
     logs.mkdir(exist_ok=True)
     cluster = Cluster(settings, logs)
+    per_service = {"runner": runner_overrides or {}, **(overrides or {})}
     if start is not None:
         start(cluster)
     for service in SERVICES if start is None else ():
-        overrides = (runner_overrides or {}) if service == "runner" else {}
-        cluster.start(service, **overrides)
+        cluster.start(service, **per_service.get(service, {}))
     wait_until(lambda: _answers(cluster.url), timeout=90, what="the API to answer")
     try:
         yield cluster
@@ -193,6 +195,21 @@ def cluster(
     """The whole system on a fresh namespace."""
     with running_cluster(cluster_settings, tmp_path / "logs", runner_overrides) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("auth") / "tokens"
+
+
+@pytest.fixture(scope="module")
+def tokens(tokens_file: Path) -> dict[str, str]:
+    """Two users' tokens and an admin's, in `tokens_file`."""
+    return {
+        "alice": add_token(tokens_file, "alice", "user"),
+        "bob": add_token(tokens_file, "bob", "user"),
+        "root": add_token(tokens_file, "root", "admin"),
+    }
 
 
 class User(requests.Session):

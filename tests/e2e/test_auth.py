@@ -19,27 +19,12 @@ from cryptography.fernet import Fernet
 from freight import Client
 from freight.errors import Unauthorized
 from shared.config import Settings
-from shared.tokens import add_token
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import SERVICES, Cluster, User, running_cluster
 from tests.waiting import wait_until
 
 SECRET = "s3cr3t-value-never-shown"
 ALLOWED = "freight/busybox:*"
-
-
-@pytest.fixture(scope="module")
-def tokens_file(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("auth") / "tokens"
-
-
-@pytest.fixture(scope="module")
-def tokens(tokens_file: Path) -> dict[str, str]:
-    return {
-        "alice": add_token(tokens_file, "alice", "user"),
-        "bob": add_token(tokens_file, "bob", "user"),
-        "root": add_token(tokens_file, "root", "admin"),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +35,9 @@ def secured(
     api = {"api_tokens_file": tokens_file, "secret_key": key, "allowed_images": ALLOWED}
     runner = {"secret_key": key, "job_read_only": "true"}
 
-    def start(cluster: Cluster) -> None:
-        for service in SERVICES:
-            cluster.start(service, **{"api": api, "runner": runner}.get(service, {}))
-
     logs = tmp_path_factory.mktemp("logs")
-    with running_cluster(module_cluster_settings, logs, start=start) as cluster:
+    overrides = {"api": api, "runner": runner}
+    with running_cluster(module_cluster_settings, logs, overrides=overrides) as cluster:
         yield cluster
 
 

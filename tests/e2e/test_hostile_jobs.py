@@ -22,10 +22,8 @@ import pytest
 import requests
 
 from shared.config import Settings
-from shared.tokens import add_token
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import (
-    SERVICES,
     Cluster,
     User,
     docker_client,
@@ -40,20 +38,6 @@ NOBODY = 65534
 
 
 @pytest.fixture(scope="module")
-def tokens_file(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("auth") / "tokens"
-
-
-@pytest.fixture(scope="module")
-def tokens(tokens_file: Path) -> dict[str, str]:
-    return {
-        "alice": add_token(tokens_file, "alice", "user"),
-        "bob": add_token(tokens_file, "bob", "user"),
-        "root": add_token(tokens_file, "root", "admin"),
-    }
-
-
-@pytest.fixture(scope="module")
 def secured(
     module_cluster_settings: Settings, tokens_file: Path, tokens: dict[str, str], tmp_path_factory
 ) -> Iterator[Cluster]:
@@ -61,13 +45,9 @@ def secured(
     small default memory limit."""
     runner = {"job_pids_limit": PIDS_LIMIT, "job_default_memory_mb": DEFAULT_MEMORY_MB}
 
-    def start(cluster: Cluster) -> None:
-        for service in SERVICES:
-            overrides = {"api": {"api_tokens_file": tokens_file}, "runner": runner}
-            cluster.start(service, **overrides.get(service, {}))
-
     logs = tmp_path_factory.mktemp("logs")
-    with running_cluster(module_cluster_settings, logs, start=start) as cluster:
+    overrides = {"api": {"api_tokens_file": tokens_file}, "runner": runner}
+    with running_cluster(module_cluster_settings, logs, overrides=overrides) as cluster:
         yield cluster
 
 

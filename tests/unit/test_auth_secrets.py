@@ -10,12 +10,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 from services.api.submission import InvalidRequest, parse_job_request
-from services.runner.attempt import Attempt, AttemptControl, RunnerContext
-from services.runner.executor import ContainerSpec, ExecutorError
+from services.runner.executor import ExecutorError
 from shared.config import ConfigError, Settings
-from shared.events import EventFactory
 from shared.jobs import JobView, Status
 from shared.secret_env import SecretBox, SecretUnavailable, open_secret_env
+from tests.unit.attempts import spec_for
 from tests.unit.test_auth import app_for
 
 KEY = Fernet.generate_key().decode()
@@ -95,21 +94,6 @@ def test_without_a_key_secrets_are_refused_not_stored_in_clear():
     assert log.events == []
 
 
-def spec_for(job: JobView, secrets: SecretBox | None) -> ContainerSpec:
-    ctx = RunnerContext(
-        runner_id="r",
-        namespace="test",
-        executor=None,  # type: ignore[arg-type] - building a spec touches no engine
-        log=None,
-        new_event=EventFactory("test"),
-        network="none",
-        workdir="/job",
-        stop_grace=1.0,
-        secrets=secrets,
-    )
-    return Attempt(job, ctx, AttemptControl(), lambda _: None)._spec()
-
-
 def test_the_runner_opens_secrets_for_the_container_only():
     sealed = SecretBox(KEY).seal({"TOKEN": "s3cr3t"})
     job = JobView(
@@ -122,10 +106,10 @@ def test_the_runner_opens_secrets_for_the_container_only():
         secret_env=sealed,
         attempt=1,
     )
-    assert spec_for(job, SecretBox(KEY)).env == {"PLAIN": "1", "TOKEN": "s3cr3t"}
+    assert spec_for(job, secrets=SecretBox(KEY)).env == {"PLAIN": "1", "TOKEN": "s3cr3t"}
     # A runner that cannot open them fails the attempt as Freight's error, naming why.
     with pytest.raises(ExecutorError, match="no FREIGHT_SECRET_KEY"):
-        spec_for(job, None)
+        spec_for(job, secrets=None)
 
 
 @pytest.mark.parametrize(

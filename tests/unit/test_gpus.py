@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import docker
 import pytest
 
-from services.runner.attempt import Attempt, AttemptControl, RunnerContext
-from services.runner.executor import ContainerSpec, gpu_environment, resource_limits
+from services.runner.executor import gpu_environment, resource_limits
 from services.runner.gpus import (
     Gpu,
     HostResources,
@@ -22,8 +21,8 @@ from services.runner.gpus import (
     inventory_for,
 )
 from shared.config import ConfigError, Settings
-from shared.events import EventFactory
 from shared.jobs import JobView, Status
+from tests.unit.attempts import spec_for
 
 GIB = 1024**3
 
@@ -156,26 +155,10 @@ def test_heartbeat_reports_inventory_totals_and_what_is_free():
     }
 
 
-def spec_for(job: JobView, simulated: bool) -> ContainerSpec:
-    """The spec the runner builds for an attempt of `job`, on a host with real or fake GPUs."""
-    ctx = RunnerContext(
-        runner_id="r",
-        namespace="test",
-        executor=None,  # type: ignore[arg-type] - building a spec touches no engine
-        log=None,
-        new_event=EventFactory("test"),
-        network="none",
-        workdir="/job",
-        stop_grace=1.0,
-        simulated_gpus=simulated,
-    )
-    return Attempt(job, ctx, AttemptControl(), lambda _: None)._spec()
-
-
 def test_real_gpus_go_as_a_device_request_like_docker_run_gpus():
     """`docker run --gpus '"device=UUID1,UUID2"'`: the engine receives exactly this request."""
     gpus = [g.to_dict() for g in NvmlInventory(FakeNvml(TWO_H100)).discover()]
-    spec = spec_for(queued_job(gpus=2, assigned_gpus=tuple(gpus)), simulated=False)
+    spec = spec_for(queued_job(gpus=2, assigned_gpus=tuple(gpus)), simulated_gpus=False)
     assert spec.gpus == (TWO_H100[0][0], TWO_H100[1][0])
 
     limits = resource_limits(spec)
@@ -200,7 +183,7 @@ def test_real_gpus_go_as_a_device_request_like_docker_run_gpus():
 
 def test_simulated_gpus_go_only_as_environment():
     gpus = [g.to_dict() for g in SimulatedInventory("r", 2, 1000).discover()]
-    spec = spec_for(queued_job(gpus=1, assigned_gpus=(gpus[1],)), simulated=True)
+    spec = spec_for(queued_job(gpus=1, assigned_gpus=(gpus[1],)), simulated_gpus=True)
     assert "device_requests" not in resource_limits(spec)
     assert gpu_environment(spec) == {
         "CUDA_VISIBLE_DEVICES": "GPU-sim-r-1",
@@ -209,16 +192,16 @@ def test_simulated_gpus_go_only_as_environment():
 
 
 def test_a_job_without_gpus_sees_none_of_the_hosts():
-    spec = spec_for(queued_job(), simulated=False)
+    spec = spec_for(queued_job(), simulated_gpus=False)
     assert "device_requests" not in resource_limits(spec)
     assert gpu_environment(spec) == {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}
 
 
 def test_cpu_quota_and_memory_limit_without_extra_swap():
-    spec = spec_for(queued_job(cpus=0.5, memory=32), simulated=False)
+    spec = spec_for(queued_job(cpus=0.5, memory=32), simulated_gpus=False)
     assert resource_limits(spec) == {
         "nano_cpus": 500_000_000,
         "mem_limit": 32 * 1024 * 1024,
         "memswap_limit": 32 * 1024 * 1024,
     }
-    assert resource_limits(spec_for(queued_job(), simulated=False)) == {}
+    assert resource_limits(spec_for(queued_job(), simulated_gpus=False)) == {}
