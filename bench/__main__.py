@@ -123,8 +123,8 @@ def _files(root: Path, size_mib: int) -> dict[str, Any]:
     source = files_bench.write_random(work / "data.bin", size)
     digest = files_bench.sha256_of(source)
     local = files_bench.time_local_copy(source, work / "copy.bin")
-    with files_bench.Services(work) as services:
-        measured = services.measure(source, digest)
+    with Cluster(root) as cluster:
+        measured = files_bench.measure(cluster, source, digest)
     result: dict[str, Any] = {
         "size_bytes": size,
         "local_copy_mb_s": files_bench.mb_per_s(size, local),

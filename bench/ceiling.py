@@ -24,7 +24,7 @@ import falcon
 import requests
 from gunicorn.app.base import BaseApplication
 
-from bench.files import free_port, wait_for
+from bench.cluster import free_port, wait_for
 
 
 class Submit:

@@ -1,7 +1,7 @@
 """What every benchmark shares: Freight's services as processes, `job_response`, the raw baseline.
 
-The services run as bench/files.py runs them (a fresh namespace and FREIGHT_HOME per run), but a
-scenario picks which ones: the API scenario starts the API alone so that jobs only queue.
+The services run as processes on a fresh namespace and FREIGHT_HOME per run; a scenario picks
+which ones: the API scenario starts the API alone so that jobs only queue.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,8 +23,6 @@ from typing import Any
 import docker
 import pika
 import requests
-
-from bench.files import free_port, wait_for
 
 IMAGE = os.environ.get("FREIGHT_TEST_IMAGE", "freight/busybox:local")
 ALL_SERVICES = ("filestore", "api", "scheduler", "runner")
@@ -229,3 +228,19 @@ def summarise(seconds: list[float]) -> dict[str, float]:
         "p99_ms": round(percentile(seconds, 99) * 1000, 2),
         "mean_ms": round(statistics.fmean(seconds) * 1000, 2),
     }
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

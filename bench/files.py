@@ -2,8 +2,9 @@
 
     python -m bench.files [--size-mib 256]
 
-Starts its own filestore, API, scheduler and runner (a fresh namespace and FREIGHT_HOME in a
-temporary directory) on the RabbitMQ at FREIGHT_AMQP_URL and the local Docker engine, then:
+Starts its own filestore, API, scheduler and runner (bench/cluster.py: a fresh namespace and
+FREIGHT_HOME in a temporary directory) on the RabbitMQ at FREIGHT_AMQP_URL and the local Docker
+engine, then:
 
 - local copy: the file copied on this disk and fsynced, as the filestore stores it;
 - upload: `POST /jobs` with the file as a `file[]` part, until the 201 (API → filestore);
@@ -22,9 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,11 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pika
 import requests
 
+from bench.cluster import Cluster, wait_for
+
 MIB = 1024 * 1024
-SERVICES = ("filestore", "api", "scheduler", "runner")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -52,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         source = write_random(root / "data.bin", size)
         digest = sha256_of(source)
         local = time_local_copy(source, root / "copy.bin")
-        with Services(root) as services:
-            measured = services.measure(source, digest)
+        with Cluster(root) as cluster:
+            measured = measure(cluster, source, digest)
     results = {
         "benchmark": "files",
         "at": datetime.now(UTC).isoformat(),
@@ -72,127 +70,64 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class Services:
-    """Freight's four services as separate processes, each on this run's own namespace."""
+def measure(cluster: Cluster, source: Path, digest: str) -> dict[str, float]:
+    """Seconds to upload `source` with a job, to place it in the job's container, to download it."""
+    size = source.stat().st_size
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="command"\r\n\r\ntrue\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file[]"; filename="data.bin"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    body = _Body(head, source, tail)
+    # The filestore may still be starting: a first submission can be refused with a 503.
+    started = time.monotonic()
+    response = wait_for(lambda: _submit(cluster.url, body, boundary), 30, "a submission")
+    upload = time.monotonic() - started
+    job_id = response.json()["job_id"]
+    job = wait_for(lambda: _ended(cluster.url, job_id), 300, f"job {job_id} to end")
+    if job["status"] != "COMPLETE":
+        raise RuntimeError(f"the benchmark's job failed: {job['reason']}")
+    placed = _seconds_between(_events(cluster.url, job_id), "JobAssigned", "JobStarted")
 
-    def __init__(self, root: Path):
-        self.namespace = f"bench-{uuid.uuid4().hex[:8]}"
-        self.amqp_url = os.environ.get("FREIGHT_AMQP_URL", "amqp://guest:guest@localhost:5672/")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "FREIGHT_AMQP_URL": self.amqp_url,
-            "FREIGHT_HOME": str(root / "home"),
-            "FREIGHT_NAMESPACE": self.namespace,
-            "FREIGHT_RESPONSE_EXCHANGE": f"{self.namespace}.job_response",
-            "FREIGHT_RESPONSE_QUEUE": f"{self.namespace}.job_response",
-            "FREIGHT_API_BIND": f"127.0.0.1:{self.port}",
-            "FREIGHT_DEFAULT_IMAGE": os.environ.get("FREIGHT_TEST_IMAGE", "freight/busybox:local"),
-            "FREIGHT_RUNNER_ID": f"{self.namespace}-runner",
-            "FREIGHT_HEARTBEAT_INTERVAL": "0.5",
-            "FREIGHT_LOG_LEVEL": "WARNING",
-        }
-        self.logs = root / "logs"
-        self.processes: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    hasher, received = hashlib.sha256(), 0
+    with requests.get(
+        f"{cluster.url}/jobs/{job_id}/files", params={"path": "/job/data.bin"}, stream=True
+    ) as download:
+        download.raise_for_status()
+        for chunk in download.iter_content(MIB):
+            hasher.update(chunk)
+            received += len(chunk)
+    downloaded = time.monotonic() - started
+    if received != size or hasher.hexdigest() != digest:
+        raise RuntimeError("the download is not the bytes uploaded")
+    return {"upload": upload, "into_job": placed, "download": downloaded}
 
-    def __enter__(self) -> Services:
-        self.logs.mkdir()
-        for service in SERVICES:
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "freight.cli", "serve", service],
-                    env=self.env,
-                    stdout=open(self.logs / f"{service}.log", "wb"),  # noqa: SIM115
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        wait_for(self._answers, 60, "the API to answer")
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        for process in self.processes:
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        self._delete_topology()
+def _submit(url: str, body: _Body, boundary: str) -> requests.Response | None:
+    body.rewind()
+    response = requests.post(
+        f"{url}/jobs",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=600,
+    )
+    if response.status_code == 503:
+        return None
+    response.raise_for_status()
+    return response
 
-    def measure(self, source: Path, digest: str) -> dict[str, float]:
-        size = source.stat().st_size
-        boundary = uuid.uuid4().hex
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="command"\r\n\r\ntrue\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file[]"; filename="data.bin"'
-            "\r\nContent-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
-        body = _Body(head, source, tail)
-        # The filestore may still be starting: a first submission can be refused with a 503.
-        started = time.monotonic()
-        response = wait_for(lambda: self._submit(body, boundary), 30, "a submission")
-        upload = time.monotonic() - started
-        job_id = response.json()["job_id"]
-        job = wait_for(lambda: self._ended(job_id), 300, f"job {job_id} to end")
-        if job["status"] != "COMPLETE":
-            raise RuntimeError(f"the benchmark's job failed: {job['reason']}")
-        placed = _seconds_between(self._events(job_id), "JobAssigned", "JobStarted")
 
-        started = time.monotonic()
-        hasher, received = hashlib.sha256(), 0
-        with requests.get(
-            f"{self.url}/jobs/{job_id}/files", params={"path": "/job/data.bin"}, stream=True
-        ) as download:
-            download.raise_for_status()
-            for chunk in download.iter_content(MIB):
-                hasher.update(chunk)
-                received += len(chunk)
-        downloaded = time.monotonic() - started
-        if received != size or hasher.hexdigest() != digest:
-            raise RuntimeError("the download is not the bytes uploaded")
-        return {"upload": upload, "into_job": placed, "download": downloaded}
+def _ended(url: str, job_id: str) -> dict[str, Any] | None:
+    job: dict[str, Any] = requests.get(f"{url}/jobs/{job_id}").json()
+    return job if job["status"] in ("COMPLETE", "FAILED") else None
 
-    def _submit(self, body: _Body, boundary: str) -> requests.Response | None:
-        body.rewind()
-        response = requests.post(
-            f"{self.url}/jobs",
-            data=body,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-            timeout=600,
-        )
-        if response.status_code == 503:
-            return None
-        response.raise_for_status()
-        return response
 
-    def _ended(self, job_id: str) -> dict[str, Any] | None:
-        job: dict[str, Any] = requests.get(f"{self.url}/jobs/{job_id}").json()
-        return job if job["status"] in ("COMPLETE", "FAILED") else None
-
-    def _events(self, job_id: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = requests.get(f"{self.url}/jobs/{job_id}/events").json()[
-            "events"
-        ]
-        return events
-
-    def _answers(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=1).ok
-        except requests.ConnectionError:
-            return False
-
-    def _delete_topology(self) -> None:
-        try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
-        except pika.exceptions.AMQPError:
-            return
-        channel = connection.channel()
-        channel.queue_delete(f"{self.namespace}.events")
-        channel.queue_delete(f"{self.namespace}.job_response")
-        channel.exchange_delete(f"{self.namespace}.job_response")
-        connection.close()
+def _events(url: str, job_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = requests.get(f"{url}/jobs/{job_id}/events").json()["events"]
+    return events
 
 
 class _Body:
@@ -270,22 +205,6 @@ def summary(results: dict[str, Any]) -> str:
             f"  ({results[f'{name}_ratio']:.2f} of the local copy)"
         )
     return "\n".join(lines)
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from bench.cluster import Cluster, Responses, docker_client, raw_container, summarise
-from bench.files import wait_for
+from bench.cluster import Cluster, Responses, docker_client, raw_container, summarise, wait_for
 
 
 def run(cluster: Cluster, count: int, warmup: int = 2) -> dict[str, Any]:
