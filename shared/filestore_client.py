@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +23,18 @@ from shared.rpc import (
     Envelope,
     IncomingStream,
     Node,
+    Outgoing,
     PeerUnavailable,
     TransferError,
+    outgoing,
     rechunk,
 )
 
 # How long a request waits for the filestore to be listening (it may be starting or restarting)
 # before the caller hears that it is not.
 PATIENCE = 5.0
+# Chunks an upload sends in one publish (one confirm): the filestore ACKs every WINDOW // 2.
+BATCH = WINDOW // 2
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ class FilestoreClient:
         """Store the bytes `pieces` yields; held by the filestore until a job refers to them.
 
         If `pieces` raises (the client went away), the upload is aborted and nothing is kept."""
-        with self._request(protocol.PUT) as conversation:
-            window = int(conversation.expect(protocol.READY).json().get("window") or WINDOW)
+        upload = _Upload(rechunk(pieces))
+        # The request goes out with the first chunks (and the commit, for a small blob): nothing
+        # is sent before they are read, so a source that fails that early leaves nothing to abort.
+        with self._request_all(upload.batch()) as conversation:
             try:
-                return _send_blob(conversation, pieces, window)
+                return upload.finish(conversation)
             except BaseException:
                 with suppress(TransferError):
                     conversation.send(protocol.ABORT)
@@ -129,14 +135,20 @@ class FilestoreClient:
         body: bytes = b"",
         headers: Mapping[str, Any] | None = None,
     ) -> Conversation:
-        """A conversation opened with `kind`, waiting a little for a filestore to listen."""
+        return self._request_all([outgoing(kind, body, data=data, headers=headers)], patience)
+
+    def _request_all(
+        self, messages: Sequence[Outgoing], patience: float | None = None
+    ) -> Conversation:
+        """A conversation opened with `messages` (a request and what follows it at once),
+        waiting a little for a filestore to listen."""
         deadline = time.monotonic() + (self._patience if patience is None else patience)
         pause = 0.2
         while True:
             remaining = max(0.1, deadline - time.monotonic())
             conversation = self._node.conversation(self._queue, connect_within=remaining)
             try:
-                conversation.send(kind, body, data=data, headers=headers)
+                conversation.send_all(messages)
                 return conversation
             except PeerUnavailable:
                 conversation.close()
@@ -171,26 +183,57 @@ class RunnerFilesClient:
         return IncomingStream(conversation, WINDOW)
 
 
-def _send_blob(conversation: Conversation, pieces: Iterable[bytes], window: int) -> StoredBlob:
-    hasher = hashlib.sha256()
-    size = acked = 0
-    for seq, chunk in enumerate(rechunk(pieces)):
-        while seq - acked >= window:
-            acked = _acked(conversation, acked)
-        conversation.send(CHUNK, chunk, headers={"seq": seq})
-        size += len(chunk)
-        hasher.update(chunk)
-    digest = f"sha256:{hasher.hexdigest()}"
-    conversation.send(protocol.COMMIT, data={"digest": digest, "size": size})
-    while True:
-        message = conversation.receive()
-        if message.kind == protocol.COMMITTED:
-            committed = message.json()
-            return StoredBlob(committed["digest"], int(committed["size"]), committed["upload"])
-        if message.kind != protocol.ACK:
-            raise TransferError(f"the filestore sent {message.kind!r} during an upload")
+class _Upload:
+    """The client's side of a put: PUT, then CHUNKs never more than WINDOW beyond the last ACK
+    (the window both sides know, so nothing waits for the filestore before sending), then COMMIT.
+
+    Chunks go out in batches of BATCH, each batch one publish and one confirm, so the broker's
+    round trip is paid once per batch rather than once per chunk; a batch is also cut short
+    when the window is full. What is held here is at most one batch."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._sent = 0  # chunks handed to the broker or gathered into the batch
+        self._acked = 0
+        self._finished = False
+        self._started = False
+
+    def batch(self) -> list[Outgoing]:
+        """The next messages to send, gathered while the window has room: up to BATCH chunks,
+        and the COMMIT once the source is spent. The first batch begins with the PUT."""
+        batch = [] if self._started else [outgoing(protocol.PUT)]
+        self._started = True
+        gathered = 0
+        while gathered < BATCH and self._sent - self._acked < WINDOW:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                digest = f"sha256:{self._hasher.hexdigest()}"
+                batch.append(outgoing(protocol.COMMIT, data={"digest": digest, "size": self._size}))
+                self._finished = True
+                break
+            self._hasher.update(chunk)
+            self._size += len(chunk)
+            batch.append(Outgoing(CHUNK, chunk, {"seq": self._sent}))
+            self._sent += 1
+            gathered += 1
+        return batch
+
+    def finish(self, conversation: Conversation) -> StoredBlob:
+        """Send the rest (the first batch is out) and wait for COMMITTED."""
+        while not self._finished:
+            while self._sent - self._acked >= WINDOW:
+                self._acked = max(self._acked, _acked(conversation))
+            conversation.send_all(self.batch())
+        while True:
+            message = conversation.receive()
+            if message.kind == protocol.COMMITTED:
+                committed = message.json()
+                return StoredBlob(committed["digest"], int(committed["size"]), committed["upload"])
+            if message.kind != protocol.ACK:
+                raise TransferError(f"the filestore sent {message.kind!r} during an upload")
 
 
-def _acked(conversation: Conversation, acked: int) -> int:
-    message = conversation.expect(protocol.ACK)
-    return max(acked, int(message.headers.get("acked", 0)))
+def _acked(conversation: Conversation) -> int:
+    return int(conversation.expect(protocol.ACK).headers.get("acked", 0))

@@ -4,10 +4,11 @@ Queues (namespaced, so deployments and tests sharing a broker never meet):
   `{namespace}.filestore`                 the filestore's requests: put, get, release
   `{namespace}.runner.{runner_id}.files`  one runner's requests: live (a running job's files)
 
-put (an upload): the client sends PUT; the filestore answers READY; the client sends CHUNKs with
-  their `seq`, never more than WINDOW beyond the last ACK {acked: n}; then COMMIT {size, digest};
-  the filestore, having hashed what it wrote, answers COMMITTED {digest, size, upload} or the
-  error `mismatch`. ABORT, or silence past the timeout, discards the upload.
+put (an upload): the client sends PUT, then at once CHUNKs with their `seq`, never more than
+  WINDOW (shared.rpc, known to both sides) beyond the last ACK {acked: n}; then COMMIT {size,
+  digest}. A small blob is PUT, CHUNK, COMMIT in one publish. The filestore, having hashed what
+  it wrote and made it durable, answers COMMITTED {digest, size, upload} or the error
+  `mismatch`. ABORT, or silence past the timeout, discards the upload.
 get {digest}: a stream (shared.rpc.send_stream) with head {digest, size}, or `not_found`.
 release {uploads}: the uploads' holds end at once; blobs nothing else holds or refers to go.
 live {job_id, attempt, path}: a stream with head {type: "file", size, ...} and the bytes, or a
@@ -42,7 +43,6 @@ LOG_TAIL = "log.tail"
 LOG_SAVE = "log.save"
 
 # An upload's messages.
-READY = "ready"
 ACK = "ack"
 COMMIT = "commit"
 COMMITTED = "committed"

@@ -10,6 +10,7 @@ Bytes move in chunks of at most CHUNK_BYTES, and a sender is never more than a w
 ahead of what the receiver has taken, so memory stays bounded whatever the size: in both
 processes and in the broker. Every send is confirmed by the broker and routed with `mandatory`:
 a peer whose queue is gone is an immediate PeerUnavailable, a silent one a TransferTimeout.
+Messages sent together (`send_all`) share one confirm: one round trip to the broker, not one each.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -84,6 +85,24 @@ class Envelope:
 Handler = Callable[[Envelope, "Conversation"], None]
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message of a batch for `Conversation.send_all`."""
+
+    kind: str
+    body: bytes = b""
+    headers: Mapping[str, Any] | None = None
+
+
+def outgoing(
+    kind: str, body: bytes = b"", *, data: Any = None, headers: Mapping[str, Any] | None = None
+) -> Outgoing:
+    """A message whose body is `body`, or `data` as JSON."""
+    if data is not None:
+        body = json.dumps(data, separators=(",", ":")).encode()
+    return Outgoing(kind, body, headers)
+
+
 class Conversation:
     """One side of an exchange with one peer; messages for it arrive in order in its inbox."""
 
@@ -102,9 +121,11 @@ class Conversation:
         data: Any = None,
         headers: Mapping[str, Any] | None = None,
     ) -> None:
-        if data is not None:
-            body = json.dumps(data, separators=(",", ":")).encode()
-        self._node.send(self.peer, kind, self.id, body, headers)
+        self.send_all([outgoing(kind, body, data=data, headers=headers)])
+
+    def send_all(self, messages: Sequence[Outgoing]) -> None:
+        """Send `messages` in order and wait for the broker to take them all (one confirm)."""
+        self._node.send(self.peer, self.id, messages)
 
     def receive(self, timeout: float | None = None) -> Envelope:
         """The next message; an error from the peer is raised as RemoteError."""
@@ -195,25 +216,26 @@ class Node:
             self._conversations[conversation.id] = conversation
         return conversation
 
-    def send(
-        self,
-        peer: str,
-        kind: str,
-        conversation: str,
-        body: bytes,
-        headers: Mapping[str, Any] | None = None,
-    ) -> None:
+    def send(self, peer: str, conversation: str, messages: Sequence[Outgoing]) -> None:
         address = self._address
         if address is None:
             raise PeerUnavailable("RabbitMQ is unreachable")
-        properties = pika.BasicProperties(
-            type=kind,
-            correlation_id=conversation,
-            reply_to=address,
-            headers=dict(headers) if headers else None,
-        )
+        batch = [
+            Message(
+                "",
+                peer,
+                m.body,
+                pika.BasicProperties(
+                    type=m.kind,
+                    correlation_id=conversation,
+                    reply_to=address,
+                    headers=dict(m.headers) if m.headers else None,
+                ),
+            )
+            for m in messages
+        ]
         try:
-            self._publisher.publish([Message("", peer, body, properties)])
+            self._publisher.publish(batch)
         except BrokerUnavailable as exc:
             raise PeerUnavailable(f"could not reach {peer}: {exc}") from None
 

@@ -56,7 +56,7 @@ class FilestoreServer:
     def put(self, request: Envelope, conversation: Conversation) -> None:
         writer = self._store.begin()
         try:
-            conversation.send(protocol.READY, data={"window": WINDOW})
+            # No READY: the client sends its first WINDOW chunks right behind the PUT.
             received = 0
             while True:
                 message = conversation.receive()

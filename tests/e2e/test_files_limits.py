@@ -12,6 +12,7 @@ from pathlib import Path
 
 import requests
 
+from shared.filestore_client import BATCH
 from tests.e2e.conftest import _answers
 from tests.waiting import wait_until
 
@@ -38,7 +39,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_nothing(cluster):
     second = (
         f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file[]"; filename="two.bin"'
         "\r\n\r\n"
-    ).encode() + os.urandom(MIB)
+    ).encode() + os.urandom((BATCH + 1) * MIB)  # past the first batch: the upload has begun
     host, port = cluster.settings.api_bind.split(":")
     with socket.create_connection((host, int(port))) as connection:
         connection.sendall(
@@ -46,7 +47,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_nothing(cluster):
             b"Content-Type: multipart/form-data; boundary=" + boundary.encode() + b"\r\n"
             b"Content-Length: " + str(100 * MIB).encode() + b"\r\n\r\n" + first + second
         )
-        # The first file is complete and stored, the second half sent: now the client vanishes.
+        # The first file is complete and stored, the second partly sent: now the client vanishes.
         wait_until(lambda: len(stored_blobs(cluster)) >= 2, what="both uploads to be under way")
 
     wait_until(lambda: stored_blobs(cluster) == [], what="the filestore to let go of both")

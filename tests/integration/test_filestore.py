@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.events import EventFactory, EventType
 from shared.filestore_client import FilestoreClient
 from shared.filestore_protocol import log_record, log_records
-from shared.rpc import CHUNK, Node, NodeConfig, RemoteError
+from shared.rpc import CHUNK, CHUNK_BYTES, WINDOW, Node, NodeConfig, RemoteError
 from tests.waiting import wait_until
 
 
@@ -113,10 +113,22 @@ def test_an_upload_whose_source_fails_leaves_nothing(filestore, client, store_se
     assert blob_files(store_settings) == []
 
 
+def test_an_upload_that_fails_windows_in_leaves_nothing(filestore, client, store_settings):
+    # Past the first batches: the filestore has written some chunks when ABORT comes.
+    def broken() -> Iterator[bytes]:
+        for _ in range(3 * WINDOW):
+            yield os.urandom(CHUNK_BYTES)
+        raise ConnectionResetError("the user went away")
+
+    with pytest.raises(ConnectionResetError):
+        client.upload(broken())
+    wait_until(lambda: partial_files(store_settings) == [], what="the partial upload to go")
+    assert blob_files(store_settings) == []
+
+
 def test_a_silent_uploader_is_given_up_on(filestore, node, store_settings):
     conversation = node.conversation(protocol.filestore_queue(store_settings.namespace))
     conversation.send(protocol.PUT)
-    conversation.expect(protocol.READY)
     conversation.send(CHUNK, b"x" * 1000, headers={"seq": 0})
     wait_until(lambda: len(partial_files(store_settings)) == 1, what="the upload to begin")
     # Then nothing more: after FREIGHT_TRANSFER_TIMEOUT the filestore discards it.
@@ -127,7 +139,6 @@ def test_a_silent_uploader_is_given_up_on(filestore, node, store_settings):
 def test_bytes_that_do_not_match_their_digest_are_refused(filestore, node, store_settings):
     with node.conversation(protocol.filestore_queue(store_settings.namespace)) as conversation:
         conversation.send(protocol.PUT)
-        conversation.expect(protocol.READY)
         conversation.send(CHUNK, b"hello", headers={"seq": 0})
         conversation.send(protocol.COMMIT, data={"digest": "sha256:" + "1" * 64, "size": 5})
         with pytest.raises(RemoteError) as raised:
