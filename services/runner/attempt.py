@@ -15,9 +15,11 @@ from services.runner.executor import (
     LABEL_NAMESPACE,
     LABEL_RUNNER,
     ContainerSpec,
+    ContainerState,
     Executor,
     ExecutorError,
     ExitStatus,
+    NameTaken,
 )
 from shared.bus import BrokerUnavailable
 from shared.events import Event, EventFactory, EventType
@@ -99,15 +101,13 @@ class Attempt:
         ending = Ending(Outcome.ERROR, "freight error: the attempt ended unexpectedly")
         try:
             spec = self._spec()
-            found = ctx.executor.find(spec.name)
-            if found is None and self.adopt:
-                raise ExecutorError("its container vanished while the runner was away")
             # The container's name is unique per attempt: this is what makes a start at most once.
-            container_id = found.container_id if found else ctx.executor.create(spec)
+            container = self._container(spec)
+            container_id = container.container_id
             if self.control.stop_requested:
                 ending = self._stopped_ending(exit_code=None)
                 return
-            if not (found and found.started):
+            if not container.started:
                 self._place_inputs(container_id)
                 ctx.executor.start(container_id)
             started = True
@@ -129,6 +129,25 @@ class Attempt:
             if container_id is not None:
                 ctx.executor.remove(container_id)
             self._on_done(self)
+
+    def _container(self, spec: ContainerSpec) -> ContainerState:
+        """The attempt's container: an adopted attempt's must exist already; a new attempt's is
+        created at once, and only a name already taken (a replay after a crash between create
+        and the start's record) sends us looking for the one made before."""
+        executor = self._ctx.executor
+        if self.adopt:
+            found = executor.find(spec.name)
+            if found is None:
+                raise ExecutorError("its container vanished while the runner was away")
+            return found
+        try:
+            container_id = executor.create(spec)
+        except NameTaken:
+            found = executor.find(spec.name)
+            if found is None:
+                raise ExecutorError(f"container {spec.name} vanished as it was created") from None
+            return found
+        return ContainerState(container_id, started=False)
 
     def _spec(self) -> ContainerSpec:
         ctx = self._ctx

@@ -14,6 +14,7 @@ import docker
 import docker.errors
 import docker.types
 import requests.exceptions
+from docker.transport import UnixHTTPAdapter
 
 from services.runner.docker_logs import Moment, OutputPiece, read_output
 from services.runner.gpus import MIB, visible_devices
@@ -33,6 +34,10 @@ class ExecutorError(RuntimeError):
 
 class ImageUnavailable(ExecutorError):
     pass
+
+
+class NameTaken(ExecutorError):
+    """A container of that name exists already: this attempt was created before."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,8 @@ class Executor(Protocol):
         """The container with this name, if it exists."""
 
     def create(self, spec: ContainerSpec) -> str:
-        """Create the container (pulling its image if needed); returns its id."""
+        """Create the container (pulling its image if needed); returns its id. NameTaken if a
+        container of `spec.name` exists: names are unique per attempt, so none starts twice."""
 
     def start(self, container_id: str) -> None: ...
 
@@ -216,6 +222,8 @@ class DockerExecutor:
         self._client = client
         self._api = client.api
         self._confinement = confinement or Confinement()
+        # An exited container's inspection is final: kept from `wait` for `changes`, until removal.
+        self._exited: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_env(
@@ -223,6 +231,7 @@ class DockerExecutor:
     ) -> DockerExecutor:
         try:
             client = docker.from_env(max_pool_size=pool_size)
+            _share_connections(client.api, pool_size)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ExecutorError(
@@ -244,7 +253,11 @@ class DockerExecutor:
             return self._create(spec)
         except docker.errors.ImageNotFound:
             pass  # pulled only when missing: no look at the image on every create
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise NameTaken(f"container {spec.name} exists") from None
+            raise ExecutorError(f"could not create the container: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:
             raise ExecutorError(f"could not create the container: {_explain(exc)}") from None
         self._pull(spec.image)
         return self._call("create the container", self._create, spec)
@@ -283,7 +296,8 @@ class DockerExecutor:
                 continue
             except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
                 raise ExecutorError(f"lost track of the container: {_explain(exc)}") from None
-        state = self._inspect(container_id)["State"]
+        inspected = self._exited[container_id] = self._inspect(container_id)
+        state = inspected["State"]
         return ExitStatus(int(result.get("StatusCode", -1)), bool(state.get("OOMKilled")))
 
     def stop(self, container_id: str, grace: float) -> None:
@@ -295,6 +309,7 @@ class DockerExecutor:
             log.warning("could not stop %s: %s", container_id[:12], _explain(exc))
 
     def remove(self, container_id: str) -> None:
+        self._exited.pop(container_id, None)
         try:
             # With its anonymous volumes (the workdir under a read-only root, an image's VOLUMEs).
             self._api.remove_container(container_id, force=True, v=True)
@@ -354,7 +369,8 @@ class DockerExecutor:
         found = [Change(c["Path"], CHANGE_KINDS.get(c["Kind"], "changed")) for c in changes or ()]
         # The engine's diff never looks inside a volume: the job's volumes (its workdir under a
         # read-only root, an image's VOLUMEs) were made for it, so all they hold is its own.
-        mounts = self._inspect(container_id).get("Mounts") or ()
+        inspected = self._exited.get(container_id) or self._inspect(container_id)
+        mounts = inspected.get("Mounts") or ()
         volumes = {m["Destination"] for m in mounts if m.get("Type") == "volume"}
         found = [c for c in found if c.path not in volumes]
         return found + [Change(path, "added") for path in sorted(volumes)]
@@ -421,6 +437,23 @@ class DockerExecutor:
             return fn(*args, **kwargs)
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise ExecutorError(f"could not {what}: {_explain(exc)}") from None
+
+
+class _SharedPool(UnixHTTPAdapter):  # type: ignore[misc]
+    """docker-py keeps a connection pool per request URL, and each container has its own URLs:
+    every call to the engine opened (and later closed) a socket. One pool for them all."""
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
+
+
+def _share_connections(api: docker.APIClient, pool_size: int) -> None:
+    adapter = api.adapters.get("http+docker://")
+    if isinstance(adapter, UnixHTTPAdapter):  # a TCP engine goes through requests' own pools
+        shared = _SharedPool(
+            f"http+unix://{adapter.socket_path}", adapter.timeout, max_pool_size=pool_size
+        )
+        api.mount("http+docker://", shared)
 
 
 def resource_limits(spec: ContainerSpec) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from services.runner.executor import (
     ContainerState,
     ExecutorError,
     ExitStatus,
+    NameTaken,
     PathNotFound,
     PathStat,
 )
@@ -129,6 +130,8 @@ class LocalExecutor:
 
     def create(self, spec: ContainerSpec) -> str:
         attempt = self._dir(spec.name)
+        if (attempt / "spec.json").exists():
+            raise NameTaken(f"attempt {spec.name} exists")
         if spec.cpus or spec.memory_mb:
             log.info("%s: cpus and memory are not enforced by the local executor", spec.name)
         workdir = posixpath.normpath("/" + spec.workdir)
