@@ -244,3 +244,56 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class CpuMeter:
+    """CPU seconds (user + system) that each of Freight's services and the container engine's
+    daemons spend between `start` and `stop`: where a job's cost goes, beside its wall time.
+    Containers' own processes and the kernel's work for them are not in any of these."""
+
+    ENGINE = ("dockerd", "containerd")
+
+    def __init__(self, cluster: Cluster):
+        self._groups = {
+            service: _process_tree(process.pid)
+            for service, process in zip(cluster.services, cluster.processes, strict=True)
+        }
+        for daemon in self.ENGINE:
+            self._groups[daemon] = _pids_named(daemon)
+        self._started: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._started = self._now()
+
+    def stop(self) -> dict[str, float]:
+        now = self._now()
+        return {group: round(now[group] - self._started[group], 3) for group in now}
+
+    def _now(self) -> dict[str, float]:
+        return {group: sum(map(_cpu_seconds, pids)) for group, pids in self._groups.items()}
+
+
+def _process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(k) for k in children.read_text().split()] if children.exists() else []
+    return [pid] + [p for kid in kids for p in _process_tree(kid)]
+
+
+def _pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone: its time is lost to the meter, which says so by its docstring
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

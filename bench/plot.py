@@ -81,15 +81,28 @@ def _files(ax: Any, r: dict[str, Any]) -> None:
 
 
 def _scale(ax: Any, r: dict[str, Any]) -> None:
-    names = ["GET /jobs/{id}", "GET /jobs page"]
-    keys = ["get_job", "get_jobs_page"]
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [r[k]["p50_ms"] for k in keys], 0.4, label="p50")
-    ax.bar([i + 0.2 for i in x], [r[k]["p99_ms"] for k in keys], 0.4, label="p99")
+    reads = {"GET /jobs/{id}": r["get_job"]} | {
+        f"page, {name}": summary for name, summary in r.get("pages", {}).items()
+    }
+    x = range(len(reads))
+    ax.bar([i - 0.2 for i in x], [v["p50_ms"] for v in reads.values()], 0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], [v["p99_ms"] for v in reads.values()], 0.4, label="p99")
     ax.axhline(20, linestyle="--", color="grey", label="target p99 20 ms")
-    ax.set_xticks(list(x), names)
+    ax.set_xticks(list(x), list(reads), rotation=20, fontsize=7)
     ax.set_ylabel("ms")
-    ax.set_title(f"4. reads, {r['jobs']} finished jobs")
+    ax.set_title(f"4. reads, {r['jobs']} jobs")
+    ax.legend(fontsize=7)
+
+
+def _placement(ax: Any, r: dict[str, Any]) -> None:
+    buckets = [b for b in r["buckets"] if b["n"]]
+    depths = [int(b["depth"].split("..")[0]) for b in buckets]
+    ax.plot(depths, [b["p50_ms"] for b in buckets], "o-", label="p50")
+    ax.plot(depths, [b["p99_ms"] for b in buckets], "o--", label="p99")
+    ax.set_xlabel("jobs queued")
+    ax.set_ylabel("ms from a free slot to the next placement")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"4. placement, {r['slots']} slots")
     ax.legend(fontsize=7)
 
 
@@ -98,5 +111,6 @@ _PANELS = {
     "throughput": _throughput,
     "api": _api,
     "scale": _scale,
+    "placement": _placement,
     "files": _files,
 }

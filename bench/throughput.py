@@ -2,7 +2,8 @@
 
 Freight: N `POST /jobs` of `true` as fast as one client sends them, until the last
 `job_response`; the runner has K slots. Baseline: the same N create + start + wait + remove
-through the docker SDK on K threads. Rounds alternate, A B A B.
+through the docker SDK on K threads. Rounds alternate, A B A B. Beside the rates, the CPU time
+per job of each service and of the engine's daemons, in Freight's rounds and in the raw ones.
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ from typing import Any
 
 import requests
 
-from bench.cluster import Cluster, Responses, docker_client, raw_container
+from bench.cluster import Cluster, CpuMeter, Responses, docker_client, raw_container
 
 
 def run(cluster: Cluster, jobs: int, slots: int, rounds: int = 1) -> dict[str, Any]:
     freight, raw = [], []
+    meter = CpuMeter(cluster)
+    cpu: dict[str, dict[str, float]] = {"freight": {}, "raw": {}}
     with Responses(cluster) as responses:
         for _ in range(rounds):
+            meter.start()
             freight.append(_freight(cluster, responses, jobs))
+            _add(cpu["freight"], meter.stop())
+            meter.start()
             raw.append(_raw(jobs, slots))
+            _add(cpu["raw"], meter.stop())
     freight_rate, raw_rate = max(freight), max(raw)
     return {
         "jobs": jobs,
@@ -33,7 +40,18 @@ def run(cluster: Cluster, jobs: int, slots: int, rounds: int = 1) -> dict[str, A
         "ratio": round(freight_rate / raw_rate, 3),
         "freight_rounds_jobs_s": [round(r, 2) for r in freight],
         "raw_rounds_jobs_s": [round(r, 2) for r in raw],
+        "cpu_ms_per_job": {
+            side: {
+                group: round(1000 * seconds / (jobs * rounds), 1) for group, seconds in by.items()
+            }
+            for side, by in cpu.items()
+        },
     }
+
+
+def _add(total: dict[str, float], more: dict[str, float]) -> None:
+    for group, seconds in more.items():
+        total[group] = total.get(group, 0.0) + seconds
 
 
 def _freight(cluster: Cluster, responses: Responses, jobs: int) -> float:

@@ -343,7 +343,8 @@ class _PublishingLoop:
                 return
 
     def _on_channel_closed(self, _channel: Any, reason: Exception) -> None:
-        log.warning("publisher's channel closed: %r", reason)
+        if not self._stopping:
+            log.warning("publisher's channel closed: %r", reason)
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
         else:
