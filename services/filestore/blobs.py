@@ -32,7 +32,7 @@ class BlobWriter(Protocol):
         """The digest and size of what was written so far."""
 
     def seal(self, digest: str, size: int) -> None:
-        """Make the bytes durable and check them against `digest` and `size` (BlobMismatch)."""
+        """Check the bytes against `digest` and `size` (BlobMismatch); durable once published."""
 
     def publish(self) -> None:
         """Make the sealed bytes readable under their digest (a no-op if already there)."""
@@ -102,6 +102,7 @@ class LocalBlobWriter:
         self._hash = hashlib.sha256()
         self._size = 0
         self._digest: str | None = None
+        self._synced = False  # the temporary file's bytes are on disk
 
     def write(self, data: bytes) -> None:
         assert self._file is not None, "write after seal"
@@ -115,26 +116,34 @@ class LocalBlobWriter:
     def seal(self, digest: str, size: int) -> None:
         assert self._file is not None, "sealed twice"
         self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
         actual = f"sha256:{self._hash.hexdigest()}"
         if actual != digest or self._size != size:
+            self._file.close()
+            self._file = None
             raise BlobMismatch(
                 f"received {self._size} bytes with digest {actual}; "
                 f"the client sent {size} bytes with digest {digest}"
             )
+        # Bytes already stored (and durable since they were published) need not be made durable
+        # once more only to be deleted: the usual case for inputs sent again. publish() checks
+        # again under the store's lock and syncs then if they went in between.
+        self._synced = not self._store.path_of(actual).exists()
+        if self._synced:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
         self._digest = actual
 
     def publish(self) -> None:
         assert self._digest is not None, "publish before seal"
         final = self._store.path_of(self._digest)
         if final.exists():
-            self._path.unlink(missing_ok=True)  # the same bytes are already stored
-            return
+            return  # the same bytes are already stored; discard() removes this copy
+        if not self._synced:
+            _fsync(self._path)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._path, final)
-        _fsync_directory(final.parent)
+        _fsync(final.parent)
 
     def discard(self) -> None:
         if self._file is not None:
@@ -156,8 +165,8 @@ class LocalBlobReader:
         self._file.close()
 
 
-def _fsync_directory(path: Path) -> None:
-    """The rename itself must survive a crash, not only the file's bytes."""
+def _fsync(path: Path) -> None:
+    """A file's bytes, or a directory's entries (a rename must survive a crash too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

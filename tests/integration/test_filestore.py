@@ -158,6 +158,34 @@ def test_local_store_checks_digest_and_size(tmp_path):
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_local_store_keeps_bytes_sent_again_once(tmp_path):
+    store = LocalBlobStore(tmp_path)
+    digest = f"sha256:{hashlib.sha256(b'abc').hexdigest()}"
+
+    def put() -> None:
+        writer = store.begin()
+        writer.write(b"abc")
+        writer.seal(digest, 3)
+        writer.publish()
+        writer.discard()
+
+    put()
+    put()  # already stored: not made durable again, and its copy goes
+    assert [p.name for p in (tmp_path / "sha256").glob("*/*")] == [digest.removeprefix("sha256:")]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    # Stored when sealed, deleted before published: published (and made durable) after all.
+    writer = store.begin()
+    writer.write(b"abc")
+    writer.seal(digest, 3)
+    store.delete(digest)
+    writer.publish()
+    writer.discard()
+    reader = store.open(digest)
+    assert b"".join(reader.chunks(2)) == b"abc"
+    reader.close()
+
+
 class TestRetention:
     """Against SQLite and PostgreSQL: the deletion rules are queries."""
 
