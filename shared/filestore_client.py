@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +190,9 @@ class _Upload:
 
     Chunks go out in batches of BATCH, each batch one publish and one confirm, so the broker's
     round trip is paid once per batch rather than once per chunk; a batch is also cut short
-    when the window is full. What is held here is at most one batch."""
+    when the window is full. A blob bigger than one batch is read on while the batch before is
+    being sent (one at a time, in order, on a thread of its own): what is held here is at most
+    two batches, a window."""
 
     def __init__(self, chunks: Iterator[bytes]):
         self._chunks = chunks
@@ -222,10 +225,9 @@ class _Upload:
 
     def finish(self, conversation: Conversation) -> StoredBlob:
         """Send the rest (the first batch is out) and wait for COMMITTED."""
-        while not self._finished:
-            while self._sent - self._acked >= WINDOW:
-                self._acked = max(self._acked, _acked(conversation))
-            conversation.send_all(self.batch())
+        if not self._finished:
+            with ThreadPoolExecutor(1, thread_name_prefix="upload") as sender:
+                self._send_rest(conversation, sender)
         while True:
             message = conversation.receive()
             if message.kind == protocol.COMMITTED:
@@ -233,6 +235,18 @@ class _Upload:
                 return StoredBlob(committed["digest"], int(committed["size"]), committed["upload"])
             if message.kind != protocol.ACK:
                 raise TransferError(f"the filestore sent {message.kind!r} during an upload")
+
+    def _send_rest(self, conversation: Conversation, sender: ThreadPoolExecutor) -> None:
+        sending: Future[None] | None = None
+        while not self._finished:
+            while self._sent - self._acked >= WINDOW:
+                self._acked = max(self._acked, _acked(conversation))
+            batch = self.batch()
+            if sending is not None:
+                sending.result()  # the batch before is confirmed (or its failure raised)
+            sending = sender.submit(conversation.send_all, batch)
+        if sending is not None:
+            sending.result()
 
 
 def _acked(conversation: Conversation) -> int:
