@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from services.api.files import OutputStore
 
 MAX_PAGE = 1000
+MAX_CURSOR = 2**63 - 1  # a log position is a signed 64-bit integer in every database
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Jobs:
         requested = req.get_param_as_list("status", delimiter=",") or []
         statuses = _statuses(requested)
         limit = _int_param(req, "limit", default=100, minimum=1, maximum=MAX_PAGE)
-        cursor = _int_param(req, "cursor", default=None, minimum=0)
+        cursor = _int_param(req, "cursor", default=None, minimum=0, maximum=MAX_CURSOR)
         caller = caller_of(req)
         owner = None if caller.is_admin else caller.name  # a user lists their own jobs only
         page = self._deps.jobs.page(statuses, limit, cursor, owner=owner)

@@ -242,7 +242,11 @@ LIST = {
             "description": "Comma-separated statuses, or `all`. Default: the unfinished ones.",
         },
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-        {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {
+            "name": "cursor",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        },
     ],
     "responses": {"200": _json(_ref("JobList"), "One page of jobs."), **_errors(400)},
 }

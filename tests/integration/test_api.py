@@ -244,7 +244,14 @@ def test_listing_filters_by_status(client):
 
 
 @pytest.mark.parametrize(
-    "params", [{"status": "DONE"}, {"limit": "0"}, {"limit": "lots"}, {"cursor": "-1"}]
+    "params",
+    [
+        {"status": "DONE"},
+        {"limit": "0"},
+        {"limit": "lots"},
+        {"cursor": "-1"},
+        {"cursor": str(2**63)},  # past any 64-bit position: 400, not a database overflow
+    ],
 )
 def test_bad_listing_parameters_get_400(client, params):
     assert_error(client.simulate_get("/jobs", params=params), 400, "invalid_request")
