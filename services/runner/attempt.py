@@ -111,11 +111,12 @@ class Attempt:
                 self._place_inputs(container_id)
                 ctx.executor.start(container_id)
             started = True
+            exited = self._watch_exit(container_id)
             if self._ctx.files is not None:
                 self._shipper = self._ctx.files.ship_output(container_id, self.job)
             # Once the container runs, its start must reach the log, even through an outage.
             self._emit(EventType.JOB_STARTED, always=True, container=container_id[:12])
-            ending = self._supervise(container_id)
+            ending = self._supervise(container_id, exited)
         except ExecutorError as exc:
             ending = Ending(Outcome.ERROR, f"freight error: {exc}")
         except Exception as exc:  # noqa: BLE001 - any bug here must still end the job
@@ -175,11 +176,9 @@ class Attempt:
             memory_mb=self.job.memory,
         )
 
-    def _supervise(self, container_id: str) -> Ending:
-        """Wait for the exit, a stop request or the timeout, whichever comes first.
-
-        `container.wait` is only an HTTP read; the run deadline is enforced here.
-        """
+    def _watch_exit(self, container_id: str) -> dict[str, ExitStatus | Exception]:
+        """Wait for the container's exit on a thread of its own, from the moment it started (a
+        short job may be done before its start is told); `control.wake` is set when it comes."""
         exited: dict[str, ExitStatus | Exception] = {}
 
         def wait_for_exit() -> None:
@@ -192,6 +191,13 @@ class Attempt:
         threading.Thread(
             target=wait_for_exit, name=f"wait-{container_id[:12]}", daemon=True
         ).start()
+        return exited
+
+    def _supervise(self, container_id: str, exited: dict[str, ExitStatus | Exception]) -> Ending:
+        """Wait for the exit, a stop request or the timeout, whichever comes first.
+
+        `container.wait` is only an HTTP read; the run deadline is enforced here.
+        """
         deadline = time.monotonic() + self.job.timeout if self.job.timeout else None
         while "status" not in exited:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -228,11 +234,7 @@ class Attempt:
         if self._ctx.files is None:
             return ending, None
         try:
-            # The filestore then has all it printed, and makes /.freight/stdout and stderr of it.
-            log_complete = (
-                self._shipper is not None and self._ctx.files.finish_output(self._shipper) is None
-            )
-            saved = self._ctx.files.save_outputs(container_id, self.job, log_complete)
+            saved = self._ctx.files.save_outputs(container_id, self.job, self._shipper)
         except Exception:  # noqa: BLE001 - the job must still end
             log.exception("saving the outputs of %s/%d crashed", self.job.job_id, self.attempt)
             return ending, None

@@ -19,6 +19,7 @@ import posixpath
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from services.runner.attempt import container_name
 from services.runner.executor import (
     Archive,
+    Change,
     ContainerFiles,
     Executor,
     ExecutorError,
@@ -192,17 +194,40 @@ class AttemptFiles:
     # -- outputs -----------------------------------------------------------------------------
 
     def save_outputs(
-        self, container_id: str, job: JobView, log_complete: bool = False
+        self, container_id: str, job: JobView, shipper: OutputShipper | None = None
     ) -> OutputManifest:
         """Save what the ended job left, within FREIGHT_OUTPUT_DEADLINE; never raises: a
-        failure is the manifest's `error`."""
-        if self._container is None:
+        failure is the manifest's `error`. With the `shipper` of its output, that is finished
+        first: the filestore then has all it printed, and makes /.freight/stdout and stderr
+        of it."""
+        container = self._container
+        if container is None:
             return OutputManifest()
+        with ThreadPoolExecutor(1, thread_name_prefix="changes") as pool:
+            # An exited container's changes are final: asked for while its output is closed.
+            changes = pool.submit(container.changes, container_id)
+            log_complete = shipper is not None and self.finish_output(shipper) is None
+            return self._save_outputs(container, container_id, job, log_complete, changes)
+
+    def _save_outputs(
+        self,
+        container: ContainerFiles,
+        container_id: str,
+        job: JobView,
+        log_complete: bool,
+        changes: Future[list[Change]],
+    ) -> OutputManifest:
         deadline = time.monotonic() + self._limits.output_deadline
         backoff = 1.0
         while True:
             saver = _OutputSaver(
-                self._container, self._filestore, self._limits, container_id, job, log_complete
+                container,
+                self._filestore,
+                self._limits,
+                container_id,
+                job,
+                log_complete,
+                changes,
             )
             try:
                 saver.save()
@@ -233,8 +258,10 @@ class _OutputSaver:
         container_id: str,
         job: JobView,
         log_complete: bool,
+        changes: Future[list[Change]],
     ):
         self._container = container
+        self._changes = changes
         self._filestore = filestore
         self._limits = limits
         self._id = container_id
@@ -254,7 +281,7 @@ class _OutputSaver:
         else:
             for stream, path in (("stdout", STDOUT_PATH), ("stderr", STDERR_PATH)):
                 self._save_stream(stream, path, now)
-        changes = [c for c in self._container.changes(self._id) if not excluded(c.path)]
+        changes = [c for c in self._changes.result() if not excluded(c.path)]
         self.manifest.deleted = sorted(c.path for c in changes if c.kind == "deleted")
         added = {c.path for c in changes if c.kind == "added"}
         for change in sorted(changes, key=lambda c: c.path):
