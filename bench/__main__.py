@@ -1,8 +1,8 @@
 """`make bench`: every scenario in turn, Freight beside what the machine does without it.
 
-    python -m bench [--latency-jobs 30] [--throughput-jobs 50] [--slots 4] [--rounds 1]
+    python -m bench [--latency-jobs 30] [--throughput-jobs 100] [--slots 4] [--rounds 2]
                     [--api-requests 400] [--api-clients 1,8,32,128]
-                    [--scale-jobs 2000] [--scale-reads 300] [--placement-jobs 10000]
+                    [--scale-jobs 100000] [--scale-reads 300] [--placement-jobs 10000]
                     [--files-mib 64] [--only latency,throughput,api,scale,placement,files]
 
 Each scenario starts its own services (see bench/cluster.py) on the RabbitMQ at FREIGHT_AMQP_URL
@@ -94,12 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--latency-jobs", type=int, default=30)
-    parser.add_argument("--throughput-jobs", type=int, default=50)
+    parser.add_argument("--throughput-jobs", type=int, default=100)
     parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=1, help="throughput rounds (A B each)")
+    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds (A B each)")
     parser.add_argument("--api-requests", type=int, default=400, help="requests per level")
     parser.add_argument("--api-clients", default="1,8,32,128")
-    parser.add_argument("--scale-jobs", type=int, default=2000, help="finished jobs seeded")
+    parser.add_argument("--scale-jobs", type=int, default=100_000, help="jobs seeded")
     parser.add_argument("--scale-reads", type=int, default=300)
     parser.add_argument(
         "--placement-jobs", type=int, default=10_000, help="jobs queued before placing"

@@ -20,9 +20,14 @@ def plot(results: dict[str, Any], out: Path) -> Path | None:
     panels = [name for name in _PANELS if name in scenarios]
     if not panels:
         return None
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, name in zip(axes[0], panels, strict=True):
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+    cells = [ax for row in axes for ax in row]
+    for ax, name in zip(cells, panels, strict=False):
         _PANELS[name](ax, scenarios[name])
+    for ax in cells[len(panels) :]:
+        ax.axis("off")
     figure.suptitle(f"Freight against the machine — {results['machine']['summary']}")
     figure.tight_layout()
     figure.savefig(out, dpi=100)
@@ -58,18 +63,18 @@ def _throughput(ax: Any, r: dict[str, Any]) -> None:
 
 
 def _api(ax: Any, r: dict[str, Any]) -> None:
-    for kind in ("json", "multipart"):
+    for kind, colour in (("json", "tab:blue"), ("multipart", "tab:orange")):
         levels = [v for v in r["levels"].values() if v["kind"] == kind]
-        ax.plot(
-            [v["clients"] for v in levels],
-            [v["submits_s"] for v in levels],
-            "o-",
-            label=f"{kind} submits/s",
-        )
+        clients = [v["clients"] for v in levels]
+        ax.plot(clients, [v["submits_s"] for v in levels], "o-", color=colour, label=kind)
+        if all("ceiling" in v for v in levels):
+            ceiling = [v["ceiling"]["submits_s"] for v in levels]
+            ax.plot(clients, ceiling, "o:", color=colour, label=f"{kind} ceiling")
     ax.axhline(600, linestyle="--", color="grey", label="target 600/s")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")
-    ax.set_title("3. API alone")
+    ax.set_ylabel("submits/s")
+    ax.set_title("3. API alone, and a bare app's ceiling")
     ax.legend(fontsize=7)
 
 
