@@ -17,7 +17,8 @@ from services.api.files import record_outputs
 from shared.bus import BrokerUnavailable, Message, Publisher
 from shared.consumer import Logged
 from shared.events import EventType
-from shared.jobs import JobView, evolve
+from shared.jobs import JobView
+from shared.views import ViewChange, fold_views, write_views
 
 log = logging.getLogger(__name__)
 
@@ -46,37 +47,22 @@ class ApiProjection:
         self._response_exchange = response_exchange
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
-        """A whole batch in a handful of statements: the views it touches are read once, folded
-        in memory, and written back once each (a rebuild is bound by this, not by the log)."""
+        """Keep the batch's events, fold its jobs' views (shared/views.py), keep the counts, and
+        queue every job that ended for `job_response`."""
         fresh = self._record_events(session, [b for b in batch if b.event.job_id is not None])
         if not fresh:
             return
         for event, _ in fresh:
             if event.type == EventType.JOB_OUTPUTS_SAVED:
                 record_outputs(session, event)
-        jobs = schema.jobs
-        stored = {
-            row.job_id: JobView.from_dict(row.view)
-            for row in session.execute(
-                sa.select(jobs.c.job_id, jobs.c.view).where(
-                    jobs.c.job_id.in_({event.job_id for event, _ in fresh})
-                )
-            )
-        }
-        views: dict[str, JobView] = dict(stored)
-        created_at: dict[str, int] = {}  # a new job's position: the event that created it
-        finished: list[JobView] = []
-        for event, position in fresh:
-            assert event.job_id is not None
-            before = views.get(event.job_id)
-            after = evolve(before, event)
-            if after is None or after == before:
-                continue
-            views[after.job_id] = after
-            created_at.setdefault(after.job_id, position)
-            if after.status.is_terminal and (before is None or not before.status.is_terminal):
-                finished.append(after)
-        self._write_views(session, stored, views, created_at)
+        changes = fold_views(session, schema.jobs, fresh)
+        write_views(session, schema.jobs, changes, _job_columns, created=_job_created)
+        _count_jobs(session, changes)
+        finished = [
+            c.after
+            for c in changes
+            if c.after.status.is_terminal and (c.before is None or not c.before.status.is_terminal)
+        ]
         if finished:
             session.execute(
                 schema.outbox.insert(),
@@ -119,40 +105,6 @@ class ApiProjection:
             )
         return fresh
 
-    @staticmethod
-    def _write_views(
-        session: Session,
-        stored: dict[str, JobView],
-        views: dict[str, JobView],
-        created_at: dict[str, int],
-    ) -> None:
-        jobs = schema.jobs
-        changed = [view for job_id, view in views.items() if view is not stored.get(job_id)]
-        inserts = [
-            {
-                "job_id": view.job_id,
-                "position": created_at[view.job_id],
-                "status": view.status.value,
-                "view": view.to_dict(),
-                "owner": view.owner,
-            }
-            for view in changed
-            if view.job_id not in stored
-        ]
-        updates = [
-            {"key": view.job_id, "status": view.status.value, "view": view.to_dict()}
-            for view in changed
-            if view.job_id in stored
-        ]
-        if inserts:
-            session.execute(jobs.insert(), inserts)
-        if updates:
-            session.execute(
-                jobs.update().where(jobs.c.job_id == sa.bindparam("key")),
-                updates,
-            )
-        _count_jobs(session, stored, changed)
-
     def after_batch(self, caught_up: bool) -> None:
         self.announce_finished_jobs()
 
@@ -191,17 +143,25 @@ class ApiProjection:
         )
 
 
-def _count_jobs(session: Session, stored: dict[str, JobView], changed: list[JobView]) -> None:
+def _job_columns(view: JobView) -> dict[str, Any]:
+    return {"status": view.status.value, "view": view.to_dict()}
+
+
+def _job_created(change: ViewChange) -> dict[str, Any]:
+    return {"position": change.position, "owner": change.after.owner}
+
+
+def _count_jobs(session: Session, changes: Sequence[ViewChange]) -> None:
     """Keep `api_job_counts` in step with the views written: a new job counts once, a job that
     changed status moves from one count to the other."""
     deltas: Counter[tuple[str, str]] = Counter()
-    for view in changed:
-        before = stored.get(view.job_id)
-        if before is not None and before.status == view.status:
+    for change in changes:
+        before, after = change.before, change.after
+        if before is not None and before.status == after.status:
             continue
         if before is not None:
             deltas[(before.owner, before.status.value)] -= 1
-        deltas[(view.owner, view.status.value)] += 1
+        deltas[(after.owner, after.status.value)] += 1
     deltas = Counter({key: n for key, n in deltas.items() if n})
     if not deltas:
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,14 +18,15 @@ from sqlalchemy.orm import Session
 from services.filestore import schema
 from services.filestore.retention import Retention
 from shared.bus import BrokerUnavailable
-from shared.consumer import FoldsEachEvent
-from shared.events import Event, EventFactory, EventType
-from shared.jobs import JobView, evolve
+from shared.consumer import Logged
+from shared.events import EventFactory, EventType
+from shared.jobs import JobView
+from shared.views import fold_views, write_views
 
 log = logging.getLogger(__name__)
 
 
-class FilestoreProjection(FoldsEachEvent):
+class FilestoreProjection:
     consumer = "filestore"
     start_at = "first"
     offsets = schema.offsets
@@ -45,15 +46,17 @@ class FilestoreProjection(FoldsEachEvent):
         self._next_collection = 0.0
         self._marker: str | None = None
 
-    def apply(self, session: Session, event: Event, position: int) -> None:
-        if event.event_id == self._marker:
+    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
+        if any(event.event_id == self._marker for event, _ in batch):
             self._retention.caught_up.set()
             log.info("filestore caught up with the log; retention is on")
-        if event.job_id is None:
-            return
-        if event.type in (EventType.JOB_SUBMITTED, EventType.JOB_OUTPUTS_SAVED):
-            self._refer(session, event.job_id, event.data.get("files") or ())
-        self._fold(session, event)
+        for event, _ in batch:
+            if event.job_id and event.type in (
+                EventType.JOB_SUBMITTED,
+                EventType.JOB_OUTPUTS_SAVED,
+            ):
+                self._refer(session, event.job_id, event.data.get("files") or ())
+        write_views(session, schema.jobs, fold_views(session, schema.jobs, batch), _job_columns)
 
     def _refer(self, session: Session, job_id: str, files: Iterable[Mapping[str, Any]]) -> None:
         """The job refers to these blobs: they are kept for it, and the uploads' holds, having
@@ -72,22 +75,6 @@ class FilestoreProjection(FoldsEachEvent):
         )
         for digest in sorted(digests - known):
             session.execute(refs.insert().values(job_id=job_id, digest=digest))
-
-    def _fold(self, session: Session, event: Event) -> None:
-        jobs = schema.jobs
-        row = session.execute(sa.select(jobs.c.view).where(jobs.c.job_id == event.job_id)).first()
-        before = JobView.from_dict(row.view) if row else None
-        after = evolve(before, event)
-        if after is None or after == before:
-            return
-        values = {
-            "ended_at": after.finished_at if after.status.is_terminal else None,
-            "view": after.to_dict(),
-        }
-        if before is None:
-            session.execute(jobs.insert().values(job_id=after.job_id, **values))
-        else:
-            session.execute(jobs.update().where(jobs.c.job_id == after.job_id).values(**values))
 
     def after_batch(self, caught_up: bool) -> None:
         pass
@@ -108,3 +95,11 @@ class FilestoreProjection(FoldsEachEvent):
             log.warning("could not announce the filestore's start: %s", exc)
             return
         self._marker = started.event_id
+
+
+def _job_columns(view: JobView) -> dict[str, Any]:
+    """A job's row: its view, and when it ended (retention counts from then)."""
+    return {
+        "ended_at": view.finished_at if view.status.is_terminal else None,
+        "view": view.to_dict(),
+    }

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -28,16 +29,17 @@ from services.runner.executor import (
 )
 from services.runner.gpus import HostResources
 from shared.bus import BrokerUnavailable
-from shared.consumer import FoldsEachEvent
-from shared.events import Event, EventType
-from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
+from shared.consumer import Logged
+from shared.events import EventType
+from shared.jobs import ACTIVE, JobView, Outcome, Status
+from shared.views import fold_views, write_views
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 30.0  # seconds between looks for orphaned containers
 
 
-class RunnerProjection(FoldsEachEvent):
+class RunnerProjection:
     start_at = "first"
     offsets = schema.offsets
     dead_letters = schema.dead_letters
@@ -67,29 +69,12 @@ class RunnerProjection(FoldsEachEvent):
 
     # -- projection ------------------------------------------------------------------------
 
-    def apply(self, session: Session, event: Event, position: int) -> None:
-        if event.event_id == self._marker:
+    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
+        if any(event.event_id == self._marker for event, _ in batch):
             self.caught_up = True
-        if event.job_id is None:
-            return
-        jobs = schema.jobs
-        mine = jobs.c.projector == self._ctx.runner_id
-        row = session.execute(
-            sa.select(jobs.c.view).where(mine, jobs.c.job_id == event.job_id)
-        ).first()
-        before = JobView.from_dict(row.view) if row else None
-        after = evolve(before, event)
-        if after is None or after == before:
-            return
-        values = {"status": after.status.value, "runner": after.runner, "view": after.to_dict()}
-        if before is None:
-            session.execute(
-                jobs.insert().values(projector=self._ctx.runner_id, job_id=after.job_id, **values)
-            )
-        else:
-            session.execute(
-                jobs.update().where(mine, jobs.c.job_id == after.job_id).values(**values)
-            )
+        scope = {"projector": self._ctx.runner_id}
+        changes = fold_views(session, schema.jobs, batch, scope)
+        write_views(session, schema.jobs, changes, _job_columns, scope)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -241,3 +226,7 @@ class RunnerProjection(FoldsEachEvent):
             live = list(self._live.values())
         for attempt in live:
             attempt.control.request_stop(Outcome.CANCELLED, reason)
+
+
+def _job_columns(view: JobView) -> dict[str, Any]:
+    return {"status": view.status.value, "runner": view.runner, "view": view.to_dict()}
