@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault("failed", {})[name] = repr(exc)
                 continue
             results["scenarios"][name]["seconds"] = round(time.monotonic() - started, 1)
+            print(f"[bench] {name} done in {time.monotonic() - started:.0f} s", flush=True)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench-{stamp}.json"

@@ -20,7 +20,7 @@ from typing import Any
 import requests
 
 from bench.ceiling import Ceiling
-from bench.cluster import Cluster, summarise
+from bench.cluster import Cluster, progress, summarise
 from shared.config import Settings
 
 KIB = 1024
@@ -33,6 +33,7 @@ def run(cluster: Cluster, clients: list[int], requests_per_level: int) -> dict[s
     with Ceiling(settings.api_workers, settings.api_threads, cluster.logs / "ceiling.log") as top:
         for kind in ("json", "multipart"):
             for count in clients:
+                progress(f"{kind} at {count} clients")
                 freight = _level(cluster.url, kind, count, requests_per_level, payload)
                 ceiling = _level(top.url, kind, count, requests_per_level, payload)
                 levels[f"{kind}@{count}"] = {

@@ -230,6 +230,11 @@ def summarise(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def progress(message: str) -> None:
+    """A line under the scenario's own, so a long step is not silence."""
+    print(f"[bench]   {message}", flush=True)
+
+
 def wait_for(condition: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

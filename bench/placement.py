@@ -27,7 +27,7 @@ from typing import Any
 
 import pika
 
-from bench.cluster import Cluster, percentile
+from bench.cluster import Cluster, percentile, progress
 from shared.bus import Publisher, Topology
 from shared.events import Event, EventFactory, EventType, decode
 from shared.jobs import Outcome
@@ -55,6 +55,7 @@ def run(root: Path, jobs: int, slots: int) -> dict[str, Any]:
     topology = Topology(ns, f"{ns}.events", f"{ns}.job_response", f"{ns}.job_response")
     publisher = Publisher(cluster.amqp_url, topology, "bench-runner", timeout=60)
     try:
+        progress(f"queueing {jobs} jobs")
         ids = _seed(publisher, jobs)
         with cluster:
             runner = FakeRunner(cluster.amqp_url, topology, publisher, slots, ids)
@@ -173,6 +174,7 @@ class FakeRunner:
         self._await_assignments(self._slots, timeout=600)  # the scheduler replayed the seed
         self._settle()
         for target in targets:
+            progress(f"placing at a queue of {target}")
             self._cancel_down_to(target)
             for n in range(warmup + measured):
                 depth = len(self._queued)

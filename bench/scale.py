@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from bench.cluster import Cluster, summarise
+from bench.cluster import Cluster, progress, summarise
 from shared.bus import Publisher, Topology
 from shared.events import Event, EventFactory, EventType
 from shared.jobs import Outcome
@@ -44,12 +44,15 @@ def run(root: Path, jobs: int, reads: int) -> dict[str, Any]:
     cluster = Cluster(
         root, ("api",), ready_timeout=1800, ready_max_lag=0, api_tokens_file=str(tokens_file)
     )
+    progress(f"seeding the log with {jobs} jobs")
     seeding = time.monotonic()
     events = _seed(cluster, jobs)
     seeded = time.monotonic() - seeding
+    progress(f"{events} events in {seeded:.0f} s; the API rebuilds its tables from them")
     started = time.monotonic()
     with cluster:
         rebuilt = time.monotonic() - started
+        progress(f"rebuilt in {rebuilt:.0f} s; reading")
         as_admin, as_user = _session(admin), _session(user)
         ids = random.sample(_job_ids(as_admin, cluster.url), k=min(reads, jobs))
         one = [_timed(as_admin, f"{cluster.url}/jobs/{job_id}") for job_id in ids]

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from bench.cluster import Cluster, CpuMeter, Responses, docker_client, raw_container
+from bench.cluster import Cluster, CpuMeter, Responses, docker_client, progress, raw_container
 
 
 def run(cluster: Cluster, jobs: int, slots: int, rounds: int = 1) -> dict[str, Any]:
@@ -23,7 +23,8 @@ def run(cluster: Cluster, jobs: int, slots: int, rounds: int = 1) -> dict[str, A
     meter = CpuMeter(cluster)
     cpu: dict[str, dict[str, float]] = {"freight": {}, "raw": {}}
     with Responses(cluster) as responses:
-        for _ in range(rounds):
+        for n in range(rounds):
+            progress(f"round {n + 1} of {rounds}: {jobs} jobs through Freight, then raw")
             meter.start()
             freight.append(_freight(cluster, responses, jobs))
             _add(cpu["freight"], meter.stop())
