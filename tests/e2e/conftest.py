@@ -212,6 +212,22 @@ def tokens(tokens_file: Path) -> dict[str, str]:
     }
 
 
+# A module that starts a cluster with `tokens_file` names it `secured`; these are its users.
+@pytest.fixture
+def alice(secured: Cluster, tokens: dict[str, str]) -> User:
+    return User(secured.url, "alice", tokens["alice"])
+
+
+@pytest.fixture
+def bob(secured: Cluster, tokens: dict[str, str]) -> User:
+    return User(secured.url, "bob", tokens["bob"])
+
+
+@pytest.fixture
+def root(secured: Cluster, tokens: dict[str, str]) -> User:
+    return User(secured.url, "root", tokens["root"])
+
+
 class User(requests.Session):
     """A user of a cluster that requires tokens: every request carries the user's token."""
 

@@ -41,21 +41,6 @@ def secured(
         yield cluster
 
 
-@pytest.fixture
-def alice(secured: Cluster, tokens: dict[str, str]) -> User:
-    return User(secured.url, "alice", tokens["alice"])
-
-
-@pytest.fixture
-def bob(secured: Cluster, tokens: dict[str, str]) -> User:
-    return User(secured.url, "bob", tokens["bob"])
-
-
-@pytest.fixture
-def root(secured: Cluster, tokens: dict[str, str]) -> User:
-    return User(secured.url, "root", tokens["root"])
-
-
 def test_a_secret_reaches_the_job_and_nothing_else(alice, secured):
     digest = hashlib.sha256(SECRET.encode()).hexdigest()
     check = f'test "$(printf %s "$API_KEY" | sha256sum)" = "{digest}  -"'

@@ -51,21 +51,6 @@ def secured(
         yield cluster
 
 
-@pytest.fixture
-def alice(secured: Cluster, tokens: dict[str, str]) -> User:
-    return User(secured.url, "alice", tokens["alice"])
-
-
-@pytest.fixture
-def bob(secured: Cluster, tokens: dict[str, str]) -> User:
-    return User(secured.url, "bob", tokens["bob"])
-
-
-@pytest.fixture
-def root(secured: Cluster, tokens: dict[str, str]) -> User:
-    return User(secured.url, "root", tokens["root"])
-
-
 def run_to_end(who: User, command: str, **fields) -> tuple[dict, str]:
     job_id = who.submit(command, timeout=60, **fields)
     job = who.wait_for(job_id, "COMPLETE", "FAILED")

@@ -22,6 +22,10 @@ import requests
 
 from tests.e2e.conftest import Cluster
 from tests.proxy import CuttableProxy
+from tests.waiting import wait_until
+
+# How long a request is retried through the faults (a restart, an outage) before the run fails.
+RETRY_FOR = 120.0
 
 SUCCEEDS, FAILS, CANCELLED = "succeeds", "fails", "cancelled"
 
@@ -136,31 +140,33 @@ class FaultDriver:
             time.sleep(spacing * rng.uniform(0.5, 1.5))
 
     def _submit_until_accepted(self, command: str) -> str:
-        while True:
-            try:
-                response = requests.post(
-                    f"{self.cluster.url}/jobs",
-                    json={"command": command, "max_attempts": 3},
-                    timeout=10,
-                )
-                if response.status_code == 201:
-                    return str(response.json()["job_id"])
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)  # the API is restarting or the broker is away: retry, as a user would
+        # While the API restarts or the broker is away, a user would try again: so does this.
+        response = wait_until(
+            lambda: self._request(
+                "post", "/jobs", {201}, json={"command": command, "max_attempts": 3}
+            ),
+            timeout=RETRY_FOR,
+            what="the API to accept a job",
+        )
+        return str(response.json()["job_id"])
 
     def _cancel(self, submitted: Submitted) -> None:
-        while True:
-            try:
-                response = requests.delete(
-                    f"{self.cluster.url}/jobs/{submitted.job_id}", timeout=10
-                )
-                if response.status_code in (202, 409):
-                    submitted.cancel_answer = response.status_code
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+        response = wait_until(
+            lambda: self._request("delete", f"/jobs/{submitted.job_id}", {202, 409}),
+            timeout=RETRY_FOR,
+            what=f"the API to answer the cancel of {submitted.job_id}",
+        )
+        submitted.cancel_answer = response.status_code
+
+    def _request(
+        self, method: str, path: str, wanted: set[int], **kwargs: Any
+    ) -> requests.Response | None:
+        """The answer, if it is one of `wanted`; None while the API cannot give one."""
+        try:
+            response = requests.request(method, f"{self.cluster.url}{path}", timeout=10, **kwargs)
+        except requests.RequestException:
+            return None
+        return response if response.status_code in wanted else None
 
     # -- faults ----------------------------------------------------------------------------
 
