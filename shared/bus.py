@@ -393,13 +393,3 @@ class _PublishingLoop:
             self._connection.close()  # its close callback stops the loop
         else:
             self._lost(ConnectionError("the publisher was closed"))
-
-
-def _close_quietly(connection: pika.BlockingConnection | None) -> None:
-    if connection is None:
-        return
-    try:
-        if connection.is_open:
-            connection.close()
-    except AMQP_ERRORS:
-        pass

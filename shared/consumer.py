@@ -49,17 +49,6 @@ class Projection(Protocol):
         """Periodic work that does not wait for an event (heartbeats, deadlines)."""
 
 
-class FoldsEachEvent:
-    """A projection whose events are folded one at a time: its `apply` is its whole fold."""
-
-    def apply(self, session: Session, event: Event, position: int) -> None:
-        raise NotImplementedError
-
-    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
-        for event, position in batch:
-            self.apply(session, event, position)
-
-
 # What an event that cannot be folded raises (a database error is not the event's fault).
 BAD_EVENT = (MalformedEvent, LookupError, TypeError, ValueError)
 

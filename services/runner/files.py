@@ -124,6 +124,8 @@ class AttemptFiles:
         self._filestore = filestore
         self._limits = limits
         self._workdir = workdir
+        # Threads kept for the ended containers' diffs: one started per job cost its own wait.
+        self._lookups = ThreadPoolExecutor(thread_name_prefix="changes")
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -203,11 +205,10 @@ class AttemptFiles:
         container = self._container
         if container is None:
             return OutputManifest()
-        with ThreadPoolExecutor(1, thread_name_prefix="changes") as pool:
-            # An exited container's changes are final: asked for while its output is closed.
-            changes = pool.submit(container.changes, container_id)
-            log_complete = shipper is not None and self.finish_output(shipper) is None
-            return self._save_outputs(container, container_id, job, log_complete, changes)
+        # An exited container's changes are final: asked for while its output is closed.
+        changes = self._lookups.submit(container.changes, container_id)
+        log_complete = shipper is not None and self.finish_output(shipper) is None
+        return self._save_outputs(container, container_id, job, log_complete, changes)
 
     def _save_outputs(
         self,

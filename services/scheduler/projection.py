@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -16,7 +16,7 @@ from services.scheduler import schema
 from services.scheduler.backlog import Backlog
 from services.scheduler.placement import Placement, Plan, RunnerCapacity, place, reasons_for
 from shared.bus import BrokerUnavailable
-from shared.consumer import FoldsEachEvent
+from shared.consumer import Logged
 from shared.events import Event, EventFactory, EventType
 from shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
 
@@ -37,7 +37,7 @@ MAX_REASONS_PER_PASS = 100
 REASON_DELAY = timedelta(seconds=1)
 
 
-class SchedulerProjection(FoldsEachEvent):
+class SchedulerProjection:
     consumer = "scheduler"
     start_at = "first"
     offsets = schema.offsets
@@ -80,6 +80,11 @@ class SchedulerProjection(FoldsEachEvent):
         self._marker = started.event_id
 
     # -- projection ------------------------------------------------------------------------
+
+    def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
+        # Event by event: each job change is remembered with its transaction (`_changes`).
+        for event, position in batch:
+            self.apply(session, event, position)
 
     def apply(self, session: Session, event: Event, position: int) -> None:
         if event.event_id == self._marker:
