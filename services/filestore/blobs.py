@@ -138,7 +138,9 @@ class LocalBlobWriter:
         assert self._digest is not None, "publish before seal"
         final = self._store.path_of(self._digest)
         if final.exists():
-            return  # the same bytes are already stored; discard() removes this copy
+            # The same bytes are already stored: this copy goes before the upload is answered.
+            self._path.unlink(missing_ok=True)
+            return
         if not self._synced:
             _fsync(self._path)
         final.parent.mkdir(parents=True, exist_ok=True)
