@@ -170,6 +170,9 @@ def _submitted(event: Event) -> JobView:
 def _finished(view: JobView, event: Event) -> JobView:
     data = event.data
     outcome = Outcome(data.get("outcome", Outcome.ERROR))
+    if outcome == Outcome.LOST and view.cancel_requested:
+        # Its runner vanished while it was being stopped: the cancel is what ends it.
+        return _ended(view, event, Outcome.CANCELLED, "cancelled", exit_code=None)
     if outcome == Outcome.LOST and view.attempt < view.max_attempts:
         return replace(
             view,

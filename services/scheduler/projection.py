@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.scheduler import schema
 from services.scheduler.backlog import Backlog
+from services.scheduler.liveness import Liveness
 from services.scheduler.placement import Placement, Plan, RunnerCapacity, place, reasons_for
 from shared.bus import BrokerUnavailable
 from shared.consumer import Logged
@@ -50,18 +51,22 @@ class SchedulerProjection:
         new_event: EventFactory,
         runner_deadline: float,
         clock: Callable[[], datetime],
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self._engine = engine
         self._log = log_writer
         self._new_event = new_event
         self._deadline = timedelta(seconds=runner_deadline)
         self._clock = clock
-        self._started = time.monotonic()
+        self._liveness = Liveness(runner_deadline, monotonic)
         # Decisions published but not yet read back from the log, counted against capacity.
         self._in_flight: dict[str, Placement] = {}
         # Wait reasons published but perhaps not yet read back: each is told once, on change.
         self._told: dict[str, str] = {}
         self._declared_lost: set[str] = set()
+        # Jobs told "runner lost" because they were assigned to a runner already lost: job id
+        # -> the attempt told, until the job is read back no longer active.
+        self._orphans_told: dict[str, int] = {}
         # The queue and the active jobs' holds as committed; None until placement first needs
         # it, and again whenever a transaction of this projection's rolled back.
         self._backlog: Backlog | None = None
@@ -137,6 +142,8 @@ class SchedulerProjection:
             if job.status != Status.QUEUED:
                 self._in_flight.pop(job.job_id, None)
                 self._told.pop(job.job_id, None)
+            if job.status not in ACTIVE:
+                self._orphans_told.pop(job.job_id, None)
             if self._backlog is not None:
                 self._backlog.record(job, position)
                 if job.status == Status.QUEUED and position < self._swept_to:
@@ -167,6 +174,10 @@ class SchedulerProjection:
         exists = session.execute(
             sa.select(runners.c.runner_id).where(runners.c.runner_id == runner_id)
         ).first()
+        # `last_seen` is the runner's own clock, kept for people; liveness is judged by when
+        # this scheduler heard it (Liveness), and only heartbeats heard live count.
+        if self.caught_up:
+            self._liveness.heard(runner_id)
         values = {"last_seen": event.occurred_at, "capacity": capacity, "lost": False}
         if exists:
             session.execute(
@@ -179,6 +190,7 @@ class SchedulerProjection:
     # -- decisions -------------------------------------------------------------------------
 
     def after_batch(self, caught_up: bool) -> None:
+        self._liveness.behind(not caught_up)
         self.place_queued_jobs()
 
     def tick(self) -> None:
@@ -188,7 +200,9 @@ class SchedulerProjection:
             except BrokerUnavailable as exc:
                 log.warning("could not announce the scheduler's start: %s", exc)
                 return
+        self._liveness.look()
         self.declare_silent_runners_lost()
+        self.end_jobs_placed_on_lost_runners()
         self.place_queued_jobs()
 
     def place_queued_jobs(self) -> None:
@@ -205,7 +219,7 @@ class SchedulerProjection:
         plan = place(islice(candidates, MAX_QUEUE_SCAN), capacity, until_full=True)
         placements = plan.placements
         # Right after a (re)start, no runner heard from yet means nothing: they get a deadline.
-        settled = capacity or not self._within_first_deadline()
+        settled = capacity or self._liveness.settled()
         reasons, swept_to = self._changed_reasons(backlog, plan) if settled else ({}, None)
         if placements or reasons:
             events = [
@@ -283,36 +297,26 @@ class SchedulerProjection:
 
     def _free_capacity(self, connection: sa.Connection, backlog: Backlog) -> list[RunnerCapacity]:
         """Each live runner's reported capacity, less what its active and in-flight jobs hold."""
-        cutoff = self._clock() - self._deadline
-        live = connection.execute(
-            sa.select(schema.runners).where(
-                schema.runners.c.lost.is_(False), schema.runners.c.last_seen >= cutoff
+        live = [
+            runner
+            for runner in connection.execute(
+                sa.select(schema.runners).where(schema.runners.c.lost.is_(False))
             )
-        ).all()
+            if self._liveness.can_take_work(runner.runner_id)
+        ]
         by_runner: dict[str, list[Placement]] = {}
         for hold in (*backlog.holds(), *self._in_flight.values()):
             by_runner.setdefault(hold.runner_id, []).append(hold)
         return [_capacity_of(r.runner_id, r.capacity, by_runner.get(r.runner_id, [])) for r in live]
 
-    def _within_first_deadline(self) -> bool:
-        return time.monotonic() - self._started < self._deadline.total_seconds()
-
     def declare_silent_runners_lost(self) -> None:
-        # After a (re)start, give every runner a full deadline to be heard from.
-        if not self.caught_up or self._within_first_deadline():
+        if not self.caught_up:
             return
-        cutoff = self._clock() - self._deadline
         with self._engine.connect() as connection:
-            silent = (
-                connection.execute(
-                    sa.select(schema.runners.c.runner_id).where(
-                        schema.runners.c.lost.is_(False), schema.runners.c.last_seen < cutoff
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            for runner_id in silent:
+            not_lost = connection.execute(
+                sa.select(schema.runners.c.runner_id).where(schema.runners.c.lost.is_(False))
+            ).scalars()
+            for runner_id in self._liveness.silent(not_lost):
                 if runner_id in self._declared_lost:
                     continue
                 jobs = [
@@ -326,19 +330,41 @@ class SchedulerProjection:
                 ]
                 self._declare_lost(runner_id, jobs)
 
+    def end_jobs_placed_on_lost_runners(self) -> None:
+        """A placement published just before its runner was declared lost lands after the
+        RunnerLost: the job is then active on a runner no one will hear from. It ends "runner
+        lost" like the others (and is retried while it has attempts left)."""
+        if not self.caught_up:
+            return
+        jobs, runners = schema.jobs, schema.runners
+        lost_runners = sa.select(runners.c.runner_id).where(runners.c.lost.is_(True))
+        with self._engine.connect() as connection:
+            orphans = [
+                job
+                for job in map(
+                    JobView.from_dict,
+                    connection.execute(
+                        sa.select(jobs.c.view).where(
+                            jobs.c.runner.in_(lost_runners),
+                            jobs.c.status.in_([s.value for s in ACTIVE]),
+                        )
+                    ).scalars(),
+                )
+                if self._orphans_told.get(job.job_id) != job.attempt
+            ]
+        if not orphans:
+            return
+        try:
+            self._log.append(*(_runner_lost(self._new_event, job) for job in orphans))
+        except BrokerUnavailable as exc:
+            log.warning("could not end %d jobs of lost runners: %s", len(orphans), exc)
+            return
+        for job in orphans:
+            self._orphans_told[job.job_id] = job.attempt
+            log.warning("job %s was placed on %s, a lost runner; ended", job.job_id, job.runner)
+
     def _declare_lost(self, runner_id: str, jobs: list[JobView]) -> None:
-        events = [
-            self._new_event(
-                EventType.JOB_FINISHED,
-                job.job_id,
-                attempt=job.attempt,
-                runner=runner_id,
-                exit_code=None,
-                outcome=Outcome.LOST.value,
-                reason="runner lost",
-            )
-            for job in jobs
-        ]
+        events = [_runner_lost(self._new_event, job) for job in jobs]
         events.append(
             self._new_event(
                 EventType.RUNNER_LOST, None, runner=runner_id, jobs=[j.job_id for j in jobs]
@@ -356,6 +382,18 @@ class SchedulerProjection:
             self._deadline,
             len(jobs),
         )
+
+
+def _runner_lost(new_event: EventFactory, job: JobView) -> Event:
+    return new_event(
+        EventType.JOB_FINISHED,
+        job.job_id,
+        attempt=job.attempt,
+        runner=job.runner,
+        exit_code=None,
+        outcome=Outcome.LOST.value,
+        reason="runner lost",
+    )
 
 
 def _capacity_of(

@@ -199,6 +199,22 @@ def test_lost_runner_requeues_while_attempts_remain():
     assert "retrying" in view.reason
 
 
+def test_cancelled_job_whose_runner_is_lost_is_not_retried():
+    view = fold(
+        [
+            submitted(max_attempts=3),
+            assigned(),
+            started(),
+            cancel(),
+            finished(outcome=Outcome.LOST, exit_code=None, reason="runner lost"),
+        ]
+    )
+    assert view.status == Status.FAILED and view.reason == "cancelled"
+    assert view.outcome == Outcome.CANCELLED
+    # Nor does a late assignment of the next attempt bring it back.
+    assert evolve(view, assigned(attempt=2)) == view
+
+
 def test_command_failure_is_never_retried():
     view = fold(
         [

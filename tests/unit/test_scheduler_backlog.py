@@ -43,6 +43,11 @@ def test_backlog_is_fifo_by_position_and_holds_what_is_active():
 
 @pytest.fixture
 def world(tmp_path):
+    yield from scheduler_world(tmp_path)
+
+
+def scheduler_world(tmp_path):
+    """A started scheduler over SQLite, its recorded log and a clock that tests move."""
     engine = create_engine(f"sqlite:///{tmp_path / 'scheduler.db'}")
     migrate(engine, "scheduler")
     clock, log, positions = Clock(), RecordingLog(), count()
@@ -54,7 +59,7 @@ def world(tmp_path):
                 projection.apply(session, event, next(positions))
 
     projection = SchedulerProjection(
-        engine, log, EventFactory("scheduler", clock=clock), 30.0, clock
+        engine, log, EventFactory("scheduler", clock=clock), 30.0, clock, clock.monotonic
     )
     projection.announce_start()
     apply(projection, *log.take())
@@ -159,7 +164,7 @@ def test_every_waiting_job_is_told_once_a_few_a_pass_head_first(world, monkeypat
     assert {e.data["reason"] for e in waiting} == {"waiting for a free slot; every runner is busy"}
 
     # The runner is lost: every job's reason changes, told again from the head of the queue.
-    monkeypatch.setattr(projection, "_within_first_deadline", lambda: False)
+    clock.now += timedelta(seconds=31)  # past the first deadline: no runner now means none
     apply(projection, new_event(EventType.RUNNER_LOST, None, runner="a", jobs=[]))
     projection.place_queued_jobs()
     again = log.take()
