@@ -269,7 +269,7 @@ class FakeRunner:
             memory_mb=1 << 20,
             free={"slots": self._slots - len(running), "gpus": [], "cpus": 64.0},
         )
-        self._publisher.append(heartbeat)
+        self._publisher.send_heartbeat(heartbeat)
         self._next_heartbeat = time.monotonic() + HEARTBEAT_EVERY
 
 

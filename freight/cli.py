@@ -16,6 +16,7 @@ from freight.commands import (
     UsageError,
     add_user_commands,
 )
+from freight.dead_letters import add_dead_letter_commands, run_dead_letter_command
 from freight.errors import ConnectionFailed, FreightError, Unavailable
 from freight.tokens import add_token_commands, run_token_command
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_commands(commands, common)
     _add_service_commands(commands)
     add_token_commands(commands, common)
+    add_dead_letter_commands(commands, common)
     return parser
 
 
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     if args.command == "token":
         return run_token_command(args)
+    if args.command == "dead-letters":
+        return run_dead_letter_command(args)
     return run_user_command(args)
 
 
@@ -107,12 +111,17 @@ def run_service_command(args: argparse.Namespace) -> int:
 
     if args.command == "serve":
         configure_logging(args.service, settings.log_level)
+        from shared.consumer import LogBehindProjection
+
         module = importlib.import_module(f"services.{args.service}.main")
         try:
             module.serve(settings)
         except ConfigError as exc:  # a setting it cannot start with, e.g. an unsafe bind
             print(f"freight serve {args.service}: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except LogBehindProjection as exc:  # its database is ahead of the stream
+            print(f"freight serve {args.service}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         return 0
     if args.command == "migrate":
         from shared.db import create_engine

@@ -45,6 +45,9 @@ DOWNLOAD_CHUNK = 256 * 1024
 # While waiting with a job_response listener we still look at the job this often, to show its
 # status as it moves and to survive a response lost with a broker restart.
 STATUS_EVERY = 2.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SUBMIT_TRIES = 3
+SUBMIT_RETRY_DELAY = 1.0  # seconds, times the attempt's number
 
 # Called with (bytes so far, total bytes or None when unknown) as a transfer goes.
 Progress = Callable[[int, int | None], None]
@@ -107,34 +110,63 @@ class Client:
         files: Files | None = None,
         on_upload: Progress | None = None,
         secret_env: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> Submitted:
         """Submit a job; `files` are uploaded to their destination path in the job
         (a relative path lands under the job's working directory, /job). `secret_env` is set
         in the job's environment like `env`, but Freight stores it sealed and shows only its
-        names (docs/security.md)."""
+        names (docs/security.md).
+
+        `idempotency_key` (by default a new random one per call) makes a retry harmless: the
+        same key within 24 hours answers with the job it first made. The submission is retried
+        with it when Freight answers 503 or the connection breaks; give your own key to retry
+        safely across calls, or across restarts of your program."""
         fields: dict[str, Any] = {"command": command, "gpus": gpus, "image": image}
         fields |= {"timeout": timeout, "max_attempts": max_attempts}
         fields = {name: value for name, value in fields.items() if value is not None}
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or str(uuid.uuid4())}
         uploads = _uploads(files)
         if not uploads:
             if env:
                 fields["env"] = dict(env)
             if secret_env:
                 fields["secret_env"] = dict(secret_env)
-            return Submitted.from_json(self._json("POST", "/jobs", json=fields))
+            return self._submit(
+                lambda: self._request("POST", "/jobs", json=fields, headers=headers), retry=True
+            )
         form = [(name, str(value)) for name, value in fields.items()]
         form += [("env", f"{name}={value}") for name, value in (env or {}).items()]
         form += [("secret_env", f"{name}={value}") for name, value in (secret_env or {}).items()]
-        body = MultipartBody(form, uploads, _counter(on_upload, uploads))
-        response = self._request(
-            "POST",
-            "/jobs",
-            # A body of known length is sent with Content-Length, else chunked.
-            data=body if body.length is not None else iter(body),
-            headers={"Content-Type": body.content_type},
-            timeout=(CONNECT_TIMEOUT, None),
-        )
-        return Submitted.from_json(response.json())
+
+        def send() -> requests.Response:
+            body = MultipartBody(form, uploads, _counter(on_upload, uploads))
+            return self._request(
+                "POST",
+                "/jobs",
+                # A body of known length is sent with Content-Length, else chunked.
+                data=body if body.length is not None else iter(body),
+                headers={**headers, "Content-Type": body.content_type},
+                timeout=(CONNECT_TIMEOUT, None),
+            )
+
+        # A file object can be read once; files named by path can be sent again.
+        replayable = all(isinstance(u.source, str | os.PathLike) for u in uploads)
+        return self._submit(send, retry=replayable)
+
+    def _submit(self, send: Callable[[], requests.Response], retry: bool) -> Submitted:
+        """Send the submission, again after a 503 or a broken connection while `retry`: its
+        Idempotency-Key makes a job that was accepted all the same come back, not twice."""
+        attempt = 1
+        while True:
+            try:
+                response = send()
+            except (Unavailable, ConnectionFailed):
+                if not retry or attempt >= SUBMIT_TRIES:
+                    raise
+                time.sleep(SUBMIT_RETRY_DELAY * attempt)
+                attempt += 1
+            else:
+                return Submitted.from_json(self._body(response, "POST", "/jobs"))
 
     def get(self, job_id: str) -> Job:
         return Job.from_json(self._json("GET", f"/jobs/{_segment(job_id)}"))
@@ -280,7 +312,9 @@ class Client:
     # -- HTTP ------------------------------------------------------------------------------
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._request(method, path, **kwargs)
+        return self._body(self._request(method, path, **kwargs), method, path)
+
+    def _body(self, response: requests.Response, method: str, path: str) -> Any:
         try:
             return response.json()
         except ValueError:

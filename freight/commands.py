@@ -58,6 +58,12 @@ def add_user_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     submit.add_argument("--timeout", type=float, metavar="S", help="kill the job after S seconds")
     submit.add_argument("--max-attempts", type=int, metavar="N", help="retries if Freight fails")
     submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same KEY within 24 h answers with the job it first made, never a second one "
+        "(default: a new random key, so only this command's own retries are safe)",
+    )
+    submit.add_argument(
         "--wait", action="store_true", help="wait for the end; exit with the job's exit code"
     )
     submit.add_argument(
@@ -128,6 +134,7 @@ def submit_job(client: Client, args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         files=uploads,
         on_upload=bar.show if bar else None,
+        idempotency_key=args.idempotency_key,
     )
     if bar:
         bar.close()

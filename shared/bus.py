@@ -9,7 +9,9 @@ over while earlier messages await their confirms goes out together and is confir
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -39,12 +41,41 @@ class BrokerUnavailable(RuntimeError):
     """RabbitMQ cannot be reached or did not confirm a publish; nothing was accepted."""
 
 
+class ConfirmMissing(BrokerUnavailable):
+    """The message went out, or may yet, but RabbitMQ did not confirm it: it may be in the log
+    all the same."""
+
+
+class Unroutable(BrokerUnavailable):
+    """RabbitMQ returned a message no queue took: a queue or binding is missing."""
+
+
+# The heartbeats stream's segments: a few minutes of a large cluster's heartbeats each.
+HEARTBEAT_SEGMENT_BYTES = 4 * 1024 * 1024
+
+# RabbitMQ's answer to declaring an existing queue with other arguments.
+PRECONDITION_FAILED = 406
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One channel call of the topology. `keeps_existing`: a queue that already exists with
+    other arguments (RabbitMQ refuses to change them) is kept as it is, with a warning."""
+
+    method: str
+    arguments: dict[str, Any]
+    keeps_existing: bool = False
+
+
 @dataclass(frozen=True)
 class Topology:
     namespace: str
     events_stream: str
     response_exchange: str
     response_queue: str
+    response_queue_max_length: int = 0  # 0: unbounded
+    response_queue_ttl: float = 0.0  # seconds; 0: none
+    heartbeat_retention: float = 3600.0  # seconds the heartbeats stream keeps a heartbeat
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -53,23 +84,66 @@ class Topology:
             settings.events_stream,
             settings.response_exchange,
             settings.response_queue,
+            settings.response_queue_max_length,
+            settings.response_queue_ttl,
+            settings.heartbeat_retention,
         )
+
+    @property
+    def heartbeats_stream(self) -> str:
+        return f"{self.namespace}.heartbeats"
 
     def connection_name(self, role: str) -> str:
         """How RabbitMQ's management tools show a connection: `<namespace>/<role>`."""
         return f"{self.namespace}/{role}"
 
-    def declarations(self) -> list[tuple[str, dict[str, Any]]]:
-        """The topology as channel calls, in order: (method name, its arguments)."""
+    def response_queue_bound(self) -> dict[str, Any]:
+        """`job_response`'s arguments: bounded, so that a queue nobody reads cannot fill the
+        broker's disk; the oldest messages go first."""
+        bound: dict[str, Any] = {}
+        if self.response_queue_max_length:
+            bound["x-max-length"] = self.response_queue_max_length
+            bound["x-overflow"] = "drop-head"
+        if self.response_queue_ttl:
+            bound["x-message-ttl"] = int(self.response_queue_ttl * 1000)
+        return bound
+
+    def declarations(self) -> list[Declaration]:
+        """The topology as channel calls, in order."""
         stream = {"x-queue-type": "stream"}
         return [
-            ("queue_declare", {"queue": self.events_stream, "durable": True, "arguments": stream}),
-            (
+            Declaration(
+                "queue_declare",
+                {"queue": self.events_stream, "durable": True, "arguments": stream},
+            ),
+            Declaration(
+                "queue_declare",
+                {
+                    "queue": self.heartbeats_stream,
+                    "durable": True,
+                    "arguments": {
+                        **stream,
+                        "x-max-age": f"{max(1, int(self.heartbeat_retention))}s",
+                        # Retention drops whole segments: small ones, or nothing would go.
+                        "x-stream-max-segment-size-bytes": HEARTBEAT_SEGMENT_BYTES,
+                    },
+                },
+            ),
+            Declaration(
                 "exchange_declare",
                 {"exchange": self.response_exchange, "exchange_type": "topic", "durable": True},
             ),
-            ("queue_declare", {"queue": self.response_queue, "durable": True}),
-            (
+            # Deployments from before the bound have the queue without it.
+            Declaration(
+                "queue_declare",
+                {
+                    "queue": self.response_queue,
+                    "durable": True,
+                    "arguments": self.response_queue_bound(),
+                },
+                keeps_existing=True,
+            ),
+            Declaration(
                 "queue_bind",
                 {
                     "queue": self.response_queue,
@@ -80,9 +154,55 @@ class Topology:
         ]
 
     def declare(self, channel: Any) -> None:
-        """Idempotent; every service declares the whole topology when it connects."""
-        for method, arguments in self.declarations():
-            getattr(channel, method)(**arguments)
+        """Idempotent; every service declares the whole topology when it connects. A call that
+        may be refused goes on a channel of its own, so that `channel` stays open."""
+        for step in self.declarations():
+            if step.keeps_existing:
+                self._declare_or_keep(channel.connection, step)
+            else:
+                getattr(channel, step.method)(**step.arguments)
+
+    def _declare_or_keep(self, connection: pika.BlockingConnection, step: Declaration) -> None:
+        own = connection.channel()
+        try:
+            getattr(own, step.method)(**step.arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            self.warn_unbounded()
+        finally:
+            if own.is_open:
+                own.close()
+
+    def warn_unbounded(self) -> None:
+        """Once a process: the operator can bound the existing queue with a policy."""
+        if self.response_queue in _warned_unbounded:
+            return
+        _warned_unbounded.add(self.response_queue)
+        log.warning(
+            "queue %r exists without Freight's bound %s, and RabbitMQ does not change an "
+            "existing queue's arguments: it stays unbounded. Bound it with a policy "
+            "(docs/deploy.md): %s",
+            self.response_queue,
+            self.response_queue_bound(),
+            self.bound_policy_command(),
+        )
+
+    def bound_policy_command(self) -> str:
+        definition = {
+            "max-length": self.response_queue_max_length or None,
+            "overflow": "drop-head" if self.response_queue_max_length else None,
+            "message-ttl": int(self.response_queue_ttl * 1000) or None,
+        }
+        applied = {name: value for name, value in definition.items() if value is not None}
+        pattern = "^" + re.escape(self.response_queue) + "$"
+        return (
+            f"rabbitmqctl set_policy --apply-to queues {self.response_queue}-bound "
+            f"'{pattern}' '{json.dumps(applied)}'"
+        )
+
+
+_warned_unbounded: set[str] = set()
 
 
 def connect(amqp_url: str, name: str, heartbeat: int = 30) -> pika.BlockingConnection:
@@ -131,11 +251,18 @@ class Publisher:
 
     def append(self, *events: Event) -> None:
         """Append events to the log; returns once RabbitMQ has confirmed every one."""
+        self._append_to(self._topology.events_stream, events)
+
+    def send_heartbeat(self, heartbeat: Event) -> None:
+        """A runner's heartbeat, on the heartbeats stream (shared/heartbeats.py)."""
+        self._append_to(self._topology.heartbeats_stream, (heartbeat,))
+
+    def _append_to(self, stream: str, events: Sequence[Event]) -> None:
         self.publish(
             [
                 Message(
                     exchange="",
-                    routing_key=self._topology.events_stream,
+                    routing_key=stream,
                     body=encode(e),
                     properties=pika.BasicProperties(
                         content_type="application/json",
@@ -159,8 +286,23 @@ class Publisher:
         try:
             request.done.result(timeout=self._timeout)
         except TimeoutError:
-            request.done.cancel()
-            raise BrokerUnavailable(f"RabbitMQ did not confirm within {self._timeout:g}s") from None
+            if request.done.cancel():  # the publisher had not taken it: it never goes out
+                raise BrokerUnavailable(
+                    f"RabbitMQ could not be reached within {self._timeout:g}s"
+                ) from None
+            raise ConfirmMissing(f"RabbitMQ did not confirm within {self._timeout:g}s") from None
+
+    def declare_topology(self) -> None:
+        """Declare the topology again, e.g. once an operator deleted a queue or a binding;
+        returns once RabbitMQ has answered every declaration."""
+        declared: Future[None] = Future()
+        self._loop.redeclare(declared)
+        try:
+            declared.result(timeout=self._timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"RabbitMQ did not answer the declarations within {self._timeout:g}s"
+            ) from None
 
     def close(self) -> None:
         self._loop.stop()
@@ -190,6 +332,12 @@ class _Request:
             self.done.set_exception(self.failure)
         else:
             self.done.set_result(None)
+
+
+def _unconfirmed(request: _Request, reason: Exception) -> BrokerUnavailable:
+    if request.tries:
+        return ConfirmMissing(f"RabbitMQ went away before confirming: {reason!r}")
+    return BrokerUnavailable(f"RabbitMQ is unreachable: {reason!r}")
 
 
 # Messages in flight when a connection drops are sent once more on the next one (the broker may
@@ -233,6 +381,10 @@ class _PublishingLoop:
     def stop(self) -> None:
         self._started.wait()
         self._ioloop.add_callback_threadsafe(self._shut_down)
+
+    def redeclare(self, declared: Future[None]) -> None:
+        self._started.wait()
+        self._ioloop.add_callback_threadsafe(lambda: self._redeclare(declared))
 
     # -- the loop's thread -----------------------------------------------------------------
 
@@ -291,16 +443,51 @@ class _PublishingLoop:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_returned)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm)
-        self._declare(channel, self._topology.declarations())
+        self._declare(channel, self._topology.declarations(), lambda: self._on_ready(channel))
 
-    def _declare(self, channel: Any, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    def _redeclare(self, declared: Future[None]) -> None:
+        if self._channel is None:
+            declared.set_result(None)  # the next connection declares it all anyway
+            return
+        self._declare(
+            self._channel, self._topology.declarations(), lambda: declared.set_result(None)
+        )
+
+    def _declare(self, channel: Any, steps: list[Declaration], then: Callable[[], None]) -> None:
         """The topology one step at a time, each after the broker's answer to the one before: a
         publish must not overtake the declaration of the queue it is routed to."""
         if not steps:
-            self._on_ready(channel)
+            then()
             return
-        (method, arguments), rest = steps[0], steps[1:]
-        getattr(channel, method)(**arguments, callback=lambda _frame: self._declare(channel, rest))
+        step, rest = steps[0], steps[1:]
+        if step.keeps_existing:
+            self._declare_or_keep(step, lambda: self._declare(channel, rest, then))
+            return
+        getattr(channel, step.method)(
+            **step.arguments, callback=lambda _frame: self._declare(channel, rest, then)
+        )
+
+    def _declare_or_keep(self, step: Declaration, then: Callable[[], None]) -> None:
+        """On a channel of its own, which a refusal closes instead of the publishing one."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return  # lost meanwhile: the next connection starts over
+
+        def on_open(own: Any) -> None:
+            own.add_on_close_callback(on_closed)
+            getattr(own, step.method)(**step.arguments, callback=lambda _frame: own.close())
+
+        def on_closed(_own: Any, reason: Exception) -> None:
+            # Closed by us once declared, or by the broker's refusal: either way, go on.
+            if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+                if reason.reply_code == PRECONDITION_FAILED:
+                    self._topology.warn_unbounded()
+                else:
+                    log.warning("RabbitMQ refused %s %s: %r", step.method, step.arguments, reason)
+            if connection.is_open:
+                then()
+
+        connection.channel(on_open_callback=on_open)
 
     def _on_ready(self, channel: Any) -> None:
         self._channel = channel
@@ -337,7 +524,7 @@ class _PublishingLoop:
                 and m.body == body
                 for m in request.messages
             ):
-                request.failure = BrokerUnavailable(
+                request.failure = Unroutable(
                     f"RabbitMQ could not route the message ({method.reply_text})"
                 )
                 return
@@ -375,9 +562,7 @@ class _PublishingLoop:
                 or request.tries >= MAX_TRIES
                 or request.failure is not None
             ):
-                request.failure = request.failure or BrokerUnavailable(
-                    f"RabbitMQ is unreachable: {reason!r}"
-                )
+                request.failure = request.failure or _unconfirmed(request, reason)
                 request.settle()
             else:
                 again.append(request)

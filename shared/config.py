@@ -30,6 +30,10 @@ class Settings:
     namespace: str = "freight"
     response_exchange: str = "job_response"
     response_queue: str = "job_response"
+    # The bound on `job_response`, so that nobody reading it cannot fill the broker's disk: past
+    # this many messages the oldest go; a message older than the TTL (seconds) goes. 0: none.
+    response_queue_max_length: int = 100_000
+    response_queue_ttl: float = 7 * 24 * 3600.0
     database_url: str | None = None
     service_database_urls: Mapping[str, str] | None = None
     api_bind: str = "127.0.0.1:5000"
@@ -47,8 +51,10 @@ class Settings:
     runner_cpus: float | None = None  # None: the host's CPU count
     runner_memory_mb: int | None = None  # None: the host's memory
     runner_executor: str = "docker"  # or "local": commands as subprocesses, no containers
+    runner_image_prune_after: float = 24 * 3600.0  # seconds a pulled image is kept unused; 0: never
     runner_deadline: float = 30.0
     heartbeat_interval: float = 5.0
+    heartbeat_retention: float = 3600.0  # seconds the heartbeats stream keeps them
     stop_grace: float = 10.0
     job_network: str = "none"
     job_workdir: str = "/job"
@@ -131,6 +137,10 @@ class Settings:
             namespace=text("NAMESPACE", defaults.namespace),
             response_exchange=text("RESPONSE_EXCHANGE", defaults.response_exchange),
             response_queue=text("RESPONSE_QUEUE", defaults.response_queue),
+            response_queue_max_length=int(
+                number("RESPONSE_QUEUE_MAX_LENGTH", defaults.response_queue_max_length, int)
+            ),
+            response_queue_ttl=number("RESPONSE_QUEUE_TTL", defaults.response_queue_ttl),
             database_url=env.get("FREIGHT_DATABASE_URL") or None,
             service_database_urls={
                 s: env[f"FREIGHT_{s.upper()}_DATABASE_URL"]
@@ -154,9 +164,15 @@ class Settings:
             runner_cpus=optional("RUNNER_CPUS", float, 0.01),
             runner_memory_mb=optional("RUNNER_MEMORY_MB", int, 6),
             runner_executor=executor,
+            runner_image_prune_after=number(
+                "RUNNER_IMAGE_PRUNE_AFTER", defaults.runner_image_prune_after
+            ),
             runner_deadline=number("RUNNER_DEADLINE", defaults.runner_deadline, minimum=0.1),
             heartbeat_interval=number(
                 "HEARTBEAT_INTERVAL", defaults.heartbeat_interval, minimum=0.05
+            ),
+            heartbeat_retention=number(
+                "HEARTBEAT_RETENTION", defaults.heartbeat_retention, minimum=1
             ),
             stop_grace=number("STOP_GRACE", defaults.stop_grace),
             job_network=network,

@@ -60,6 +60,9 @@ def dead_letters_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
         sa.Column("error", sa.Text, nullable=False),
         sa.Column("body", sa.LargeBinary, nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        # Set by `freight dead-letters replay`; the running consumer retries the event, then
+        # deletes the row or records the new error and clears this (shared/dead_letters.py).
+        sa.Column("replay_requested_at", sa.DateTime(timezone=True), nullable=True),
     )
 
 
@@ -117,6 +120,19 @@ def create_tracking_tables(op: Any, prefix: str) -> None:
         sa.Column("body", sa.LargeBinary, nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     )
+
+
+def add_replay_requests(op: Any, prefix: str) -> None:
+    """Migration step: dead letters an operator asked to retry (`freight dead-letters replay`)."""
+    with op.batch_alter_table(f"{prefix}_dead_letters") as batch:
+        batch.add_column(
+            sa.Column("replay_requested_at", sa.DateTime(timezone=True), nullable=True)
+        )
+
+
+def drop_replay_requests(op: Any, prefix: str) -> None:
+    with op.batch_alter_table(f"{prefix}_dead_letters") as batch:
+        batch.drop_column("replay_requested_at")
 
 
 def drop_tracking_tables(op: Any, prefix: str) -> None:

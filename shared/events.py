@@ -27,6 +27,7 @@ class EventType(StrEnum):
     JOB_OUTPUTS_SAVED = "JobOutputsSaved"
     RUNNER_HEARTBEAT = "RunnerHeartbeat"
     RUNNER_LOST = "RunnerLost"
+    RUNNER_STARTED = "RunnerStarted"
     SCHEDULER_STARTED = "SchedulerStarted"
     FILESTORE_STARTED = "FilestoreStarted"
 

@@ -3,12 +3,15 @@
 The lock is an exclusive queue: RabbitMQ lets only one connection declare it, and deletes it the
 moment that connection dies (a killed process closes its socket; a frozen one misses heartbeats).
 A standby retries the declaration every `retry_interval` and takes over as soon as it succeeds.
+A leader whose work dies releases the lock at once (`lead_while_holding`): a process that holds
+the lock but no longer does the work would keep every standby waiting for ever.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import pika.exceptions
 
@@ -30,24 +33,35 @@ class LeaderLock:
     ):
         self._url = amqp_url
         self._topology = topology
-        self._role = role
+        self.role = role
         self._queue = f"{topology.namespace}.{role}.leader"
         self._retry_interval = retry_interval
         self._heartbeat = heartbeat
 
-    def hold(self, stop: threading.Event, lead: threading.Event, lost: threading.Event) -> None:
+    def hold(
+        self,
+        stop: threading.Event,
+        lead: threading.Event,
+        lost: threading.Event,
+        release: threading.Event | None = None,
+    ) -> None:
         """Acquire the lock, set `lead` while holding it and `lost` when it is gone; returns
-        when `stop` is set or the lock is lost. Meant for its own thread."""
+        when `stop` or `release` is set or the lock is lost. Meant for its own thread."""
+        released = release or threading.Event()
+
+        def done() -> bool:
+            return stop.is_set() or released.is_set()
+
         waiting_logged = False
-        while not stop.is_set():
+        while not done():
             try:
                 connection = connect(
                     self._url,
-                    self._topology.connection_name(f"{self._role}-leader"),
+                    self._topology.connection_name(f"{self.role}-leader"),
                     heartbeat=self._heartbeat,
                 )
             except AMQP_ERRORS as exc:
-                log.warning("%s: cannot reach RabbitMQ for the leader lock (%r)", self._role, exc)
+                log.warning("%s: cannot reach RabbitMQ for the leader lock (%r)", self.role, exc)
                 stop.wait(self._retry_interval)
                 continue
             try:
@@ -56,23 +70,23 @@ class LeaderLock:
                 if exc.reply_code != RESOURCE_LOCKED:
                     raise
                 if not waiting_logged:
-                    log.info("%s: another instance is active; standing by", self._role)
+                    log.info("%s: another instance is active; standing by", self.role)
                     waiting_logged = True
                 _close(connection)
                 stop.wait(self._retry_interval)
                 continue
             except AMQP_ERRORS as exc:
-                log.warning("%s: leader lock failed (%r)", self._role, exc)
+                log.warning("%s: leader lock failed (%r)", self.role, exc)
                 _close(connection)
                 stop.wait(self._retry_interval)
                 continue
-            log.info("%s: this instance is now the active one", self._role)
+            log.info("%s: this instance is now the active one", self.role)
             lead.set()
             try:
-                while not stop.is_set():
+                while not done():
                     connection.process_data_events(time_limit=self._retry_interval)
             except AMQP_ERRORS as exc:
-                log.error("%s: lost the leader lock (%r); stepping down", self._role, exc)
+                log.error("%s: lost the leader lock (%r); stepping down", self.role, exc)
             finally:
                 lead.clear()
                 lost.set()
@@ -86,3 +100,42 @@ def _close(connection: pika.BlockingConnection) -> None:
             connection.close()
     except AMQP_ERRORS:
         pass
+
+
+def lead_while_holding(
+    lock: LeaderLock,
+    stop: threading.Event,
+    lead: Callable[[threading.Event], None],
+    *,
+    backoff: float = 5.0,
+    fatal: tuple[type[Exception], ...] = (),
+) -> None:
+    """Run `lead(until)` whenever this process holds `lock`, until `stop` is set; `until` is set
+    when the lock is lost or `stop` is. Should `lead` die of an error, the lock is released so
+    a standby takes over, and this process contends again after `backoff`; an error in `fatal`
+    is raised instead (the process cannot do this work at all)."""
+    while not stop.is_set():
+        held, lost, release = threading.Event(), threading.Event(), threading.Event()
+        holder = threading.Thread(
+            target=lock.hold,
+            args=(stop, held, lost, release),
+            name=f"{lock.role}-lock",
+            daemon=True,
+        )
+        holder.start()
+        while not (stop.is_set() or held.wait(0.5)):
+            pass
+        died = False
+        try:
+            if held.is_set():
+                lead(lost)
+        except fatal:
+            raise
+        except Exception:
+            log.exception("%s: the active instance's work died; releasing the lock", lock.role)
+            died = True
+        finally:
+            release.set()
+            holder.join()
+        if died:
+            stop.wait(backoff)

@@ -111,6 +111,7 @@ def _delete_topologies(amqp_url: str, used: list[Settings]) -> None:
         for settings in used:
             for kind, name in (
                 ("queue", settings.events_stream),
+                ("queue", f"{settings.namespace}.heartbeats"),
                 ("queue", settings.response_queue),
                 ("exchange", settings.response_exchange),
             ):

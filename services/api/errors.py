@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import falcon
 
 from services.api.submission import InvalidRequest
-from shared.bus import BrokerUnavailable
+from shared.bus import BrokerUnavailable, ConfirmMissing
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(falcon.HTTPError):
-    def __init__(self, status: str, error: str, message: str, headers: Any = None):
+    """`details`: more fields of the body, beside `error` and `message`."""
+
+    def __init__(
+        self,
+        status: str,
+        error: str,
+        message: str,
+        headers: Any = None,
+        details: Mapping[str, Any] | None = None,
+    ):
         super().__init__(status, title=error, description=message, headers=headers)
+        self.details = dict(details or {})
 
 
 def not_found(what: str) -> ApiError:
@@ -46,6 +57,7 @@ def _slug(title: str) -> str:
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     resp.content_type = falcon.MEDIA_JSON
     resp.media = {
+        **(exc.details if isinstance(exc, ApiError) else {}),
         "error": exc.title if isinstance(exc, ApiError) else _slug(exc.title or "error"),
         "message": exc.description or exc.title or "error",
     }
@@ -60,11 +72,13 @@ def handle_invalid_request(
 def handle_broker_unavailable(
     req: falcon.Request, resp: falcon.Response, exc: BrokerUnavailable, params: Any
 ) -> None:
+    outcome = (
+        "it may have been done all the same: look before trying again"
+        if isinstance(exc, ConfirmMissing)
+        else "nothing was accepted, try again shortly"
+    )
     raise ApiError(
-        falcon.HTTP_503,
-        "unavailable",
-        f"{exc}; nothing was accepted, try again shortly",
-        headers={"Retry-After": "2"},
+        falcon.HTTP_503, "unavailable", f"{exc}; {outcome}", headers={"Retry-After": "2"}
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -13,9 +13,18 @@ from services.api.auth import Caller, caller_of
 from services.api.errors import ApiError, bad_request, not_found
 from services.api.forms import read_fields
 from services.api.health import Monitor
+from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from services.api.idempotency import (
+    REPLAYED_HEADER,
+    KeyedJob,
+    changed_field,
+    idempotency_key,
+    job_for_key,
+)
 from services.api.store import JobStore, RecentSubmissions
 from services.api.submission import InvalidRequest, JobRequest, parse_job_request
 from services.api.uploads import InputUploads
+from shared.bus import BrokerUnavailable, ConfirmMissing
 from shared.config import Settings
 from shared.events import Event, EventFactory, EventType
 from shared.filestore_client import FilestoreClient, RunnerFilesClient
@@ -92,31 +101,58 @@ class Jobs:
         caller = caller_of(req)
         inputs = InputUploads(deps.filestore, deps.settings)
         try:
+            key = idempotency_key(req.get_header(IDEMPOTENCY_HEADER))
             fields = read_fields(req, deps.settings.max_request_bytes, on_file=inputs.receive)
             settings = deps.settings
             request = parse_job_request(fields, settings.default_image, settings.allowed_images)
             secrets = _sealed_secret_env(request, settings)
+            keyed = self._job_for_key(caller, key, request, inputs.files)
         except BaseException:
             inputs.discard()  # not after a failed append: the job may be in the log even so
             raise
-        job_id = deps.new_job_id()
+        if keyed is not None and keyed.first is not None:
+            inputs.discard()  # the first request's job keeps the files it came with
+            log.info("job %s submitted again with its Idempotency-Key", keyed.job_id)
+            _answer_submitted(resp, keyed.first, replayed=True)
+            return
+        job_id = keyed.job_id if keyed is not None else deps.new_job_id()
         data = {**request.event_data(), **inputs.event_data(), "owner": caller.name, **secrets}
+        if key is not None:
+            data["idempotency_key"] = key
         submitted = deps.new_event(EventType.JOB_SUBMITTED, job_id, **data)
-        deps.log.append(submitted)
+        _append_submission(deps.log, submitted, keyed=key is not None)
         log.info("accepted job %s from %s (image %s)", job_id, caller.name, request.image)
         view = evolve(None, submitted)
         assert view is not None
         deps.recent.add(view)
-        body: dict[str, Any] = {
-            "job_id": job_id,
-            "command": request.command,
-            "status": view.status.value,
-        }
-        if request.gpus is not None:
-            body["gpus"] = request.gpus
-        resp.status = falcon.HTTP_201
-        resp.location = f"/jobs/{job_id}"
-        resp.media = body
+        _answer_submitted(resp, view, replayed=False)
+
+    def _job_for_key(
+        self,
+        caller: Caller,
+        key: str | None,
+        request: JobRequest,
+        files: Sequence[Mapping[str, Any]],
+    ) -> KeyedJob | None:
+        """The job the key names; a job it already made must be the one asked for again."""
+        if key is None:
+            return None
+        deps = self._deps
+        keyed = job_for_key(
+            caller.name,
+            key,
+            lambda job_id: deps.jobs.get(job_id) or deps.recent.get(job_id),
+            deps.new_event.clock(),
+        )
+        if keyed.first is not None and (changed := changed_field(keyed.first, request, files)):
+            raise ApiError(
+                falcon.HTTP_422,
+                "idempotency_key_reused",
+                f"{IDEMPOTENCY_HEADER} {key!r} was already used for job {keyed.job_id}, which "
+                f"has another {changed}; send a new key for a new job",
+                details={"job_id": keyed.job_id},
+            )
+        return keyed
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         requested = req.get_param_as_list("status", delimiter=",") or []
@@ -177,6 +213,48 @@ class JobEvents:
         find_job(self._deps, job_id, caller_of(req))
         events = [_without_secrets(e) for e in self._deps.jobs.events(job_id)]
         resp.media = {"job_id": job_id, "count": len(events), "events": events}
+
+
+def _append_submission(log: EventLog, submitted: Event, keyed: bool) -> None:
+    """A publish that was not confirmed may still have landed: the 503 says so, with the job's
+    id, so that the client can look before it submits again."""
+    try:
+        log.append(submitted)
+    except BrokerUnavailable as exc:
+        job_id = submitted.job_id
+        if keyed:
+            advice = f"retry with the same {IDEMPOTENCY_HEADER}: it cannot make a second job"
+        elif isinstance(exc, ConfirmMissing):
+            advice = (
+                f"the job may still have been accepted as {job_id}: look at /jobs/{job_id} "
+                f"before submitting again, or send an {IDEMPOTENCY_HEADER} to make retries safe"
+            )
+        else:
+            raise  # nothing went out: the usual 503 (errors.py)
+        raise ApiError(
+            falcon.HTTP_503,
+            "unavailable",
+            f"{exc}; {advice}",
+            headers={"Retry-After": "2"},
+            details={"job_id": job_id},
+        ) from None
+
+
+def _answer_submitted(resp: falcon.Response, view: JobView, replayed: bool) -> None:
+    """201 with the job as it was accepted, which a replay answers again word for word (what
+    became of the job since: GET /jobs/{id})."""
+    body: dict[str, Any] = {
+        "job_id": view.job_id,
+        "command": view.command,
+        "status": Status.QUEUED.value,
+    }
+    if view.gpus is not None:
+        body["gpus"] = view.gpus
+    resp.status = falcon.HTTP_201
+    resp.location = f"/jobs/{view.job_id}"
+    resp.media = body
+    if replayed:
+        resp.set_header(REPLAYED_HEADER, "true")
 
 
 def find_job(deps: ApiDeps, job_id: str, caller: Caller) -> JobView:

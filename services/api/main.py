@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import falcon
+import sqlalchemy as sa
 from gunicorn.app.base import BaseApplication
 
 from services.api.admission import Admission, AdmissionCollector
@@ -20,12 +21,18 @@ from services.api.projection import ApiProjection
 from services.api.projector import project_while_leading, projector_role
 from services.api.runners import RunnerBoard
 from services.api.store import JobStore, RecentSubmissions
-from shared.bus import Publisher, Topology
+from shared.bus import Publisher, Topology, connect
 from shared.config import Settings
-from shared.consumer import StreamConsumer
+from shared.consumer import (
+    StreamConsumer,
+    refuse_a_log_behind,
+    start_check_tail,
+    stored_position,
+)
 from shared.db import create_engine, migrate
 from shared.events import EventFactory
 from shared.filestore_client import FilestoreClient, RunnerFilesClient
+from shared.heartbeats import HeartbeatListener
 from shared.leader import LeaderLock
 from shared.metrics import ProjectionCollector, StreamTail
 from shared.rpc import Node, NodeConfig
@@ -39,10 +46,19 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
     engine = create_engine(settings.database_url_for("api"))
     topology = Topology.from_settings(settings)
     publisher = Publisher(settings.amqp_url, topology, "api", settings.publish_timeout)
-    projection = RunnerBoard(ApiProjection(engine, publisher, settings.response_exchange))
+    projection = RunnerBoard(
+        ApiProjection(engine, publisher, settings.response_exchange),
+        engine,
+        HeartbeatListener(settings.amqp_url, topology, "api"),
+    )
     metrics = ApiMetrics(engine, projection.consumer, settings.runner_deadline)
     consumer = StreamConsumer(
-        settings.amqp_url, topology, engine, projection, on_committed=metrics.committed
+        settings.amqp_url,
+        topology,
+        engine,
+        projection,
+        on_committed=metrics.committed,
+        dead_letter_retention=settings.file_retention,
     )
     position = ProjectionCollector(
         engine,
@@ -110,11 +126,31 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return build(self._settings, threading.Event())
 
 
+def refuse_a_log_behind_at_start(settings: Settings, engine: sa.Engine) -> None:
+    """Raise LogBehindProjection if the API's database has applied events the stream lacks."""
+    topology = Topology.from_settings(settings)
+    connection = connect(settings.amqp_url, topology.connection_name("api-start"))
+    try:
+        topology.declare(connection.channel())  # a deleted stream reads as an empty one
+    finally:
+        connection.close()
+    refuse_a_log_behind(
+        ApiProjection.consumer,
+        stored_position(engine, ApiProjection.offsets, ApiProjection.consumer),
+        start_check_tail(settings.amqp_url, topology),
+        topology.events_stream,
+    )
+
+
 def serve(settings: Settings) -> None:
     # Before anything binds: no tokens, no address but loopback (raises ConfigError).
     exposure = check_exposure(settings)
     SecretBox.from_settings(settings)  # a malformed FREIGHT_SECRET_KEY stops it here
-    migrate(create_engine(settings.database_url_for("api")), "api")
+    engine = create_engine(settings.database_url_for("api"))
+    migrate(engine, "api")
+    # The workers project on threads, whose death cannot stop gunicorn: refuse here instead.
+    refuse_a_log_behind_at_start(settings, engine)
+    engine.dispose()
     log.info(exposure)
     if settings.api_threads <= settings.api_max_concurrent:
         log.warning(

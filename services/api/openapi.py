@@ -9,6 +9,10 @@ from typing import Any
 
 import falcon
 
+from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from services.api.idempotency import KEY_LIFETIME, REPLAYED_HEADER
+from services.api.submission import MAX_TIMEOUT_SECONDS
+
 JSON = "application/json"
 
 
@@ -64,6 +68,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "error": {"type": "string", "examples": ["not_found", "invalid_request"]},
             "message": {"type": "string", "description": "What happened and what to do."},
+            "job_id": {
+                "type": "string",
+                "description": "A submission's 503 and 422 only: the job the request names.",
+            },
         },
     },
     "Status": {
@@ -97,7 +105,12 @@ SCHEMAS: dict[str, Any] = {
                     {"type": "string", "pattern": "^[^=]+=.*$"},
                 ],
             },
-            "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds."},
+            "timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_TIMEOUT_SECONDS,
+                "description": "Seconds the job may run (at most 30 days).",
+            },
             "max_attempts": {"type": "integer", "minimum": 1, "maximum": 10},
         },
     },
@@ -212,9 +225,20 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+IDEMPOTENCY_KEY = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    "description": f"Makes retrying a submission harmless: the same key from the same user "
+    f"within {KEY_LIFETIME.days * 24} hours answers with the job the first request made "
+    f"(`{REPLAYED_HEADER}: true`), never a second one. 1 to 255 printable ASCII characters.",
+}
+
 SUBMIT = {
     "summary": "Submit a job",
     "description": "Answers 201 once the JobSubmitted event is confirmed in the log.",
+    "parameters": [IDEMPOTENCY_KEY],
     "requestBody": {
         "required": True,
         "content": {
@@ -226,9 +250,27 @@ SUBMIT = {
     "responses": {
         "201": {
             **_json(_ref("Submitted"), "The job is in the log."),
-            "headers": {"Location": {"schema": {"type": "string"}}},
+            "headers": {
+                "Location": {"schema": {"type": "string"}},
+                REPLAYED_HEADER: {
+                    "schema": {"type": "string", "enum": ["true"]},
+                    "description": f"The {IDEMPOTENCY_HEADER} already made this job: the answer "
+                    "is the first request's.",
+                },
+            },
         },
-        **_errors(400, 413, 415, 503),
+        **_errors(400, 413, 415),
+        "422": _json(
+            _ref("Error"),
+            f"`idempotency_key_reused`: the {IDEMPOTENCY_HEADER} already made a job (`job_id`) "
+            "that differs from this request.",
+        ),
+        "503": _json(
+            _ref("Error"),
+            "Not accepted now (`overloaded`), or the log did not confirm the job in time "
+            f"(`unavailable`): it may still have been accepted as `job_id`. With an "
+            f"{IDEMPOTENCY_HEADER}, retry with the same key; without one, look at the job first.",
+        ),
     },
 }
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.api import schema
 from services.api.files import record_outputs
-from shared.bus import BrokerUnavailable, Message, Publisher
+from shared.bus import BrokerUnavailable, Message, Publisher, Unroutable
 from shared.consumer import Logged
 from shared.events import EventType
 from shared.jobs import JobView
@@ -120,7 +120,7 @@ class ApiProjection:
         if not rows:
             return
         try:
-            self._publisher.publish([self._response_message(r.job_id, r.body) for r in rows])
+            self._publish_routed([self._response_message(r.job_id, r.body) for r in rows])
         except BrokerUnavailable as exc:
             log.warning("job_response not yet published (%s); will retry", exc)
             return
@@ -128,6 +128,16 @@ class ApiProjection:
             connection.execute(
                 schema.outbox.delete().where(schema.outbox.c.id.in_([r.id for r in rows]))
             )
+
+    def _publish_routed(self, messages: list[Message]) -> None:
+        """An unroutable response means an operator deleted `job_response`'s queue or binding:
+        declare them again and publish once more, rather than let the responses go nowhere."""
+        try:
+            self._publisher.publish(messages)
+        except Unroutable as exc:
+            log.warning("job_response unroutable (%s): declaring its queue and binding again", exc)
+            self._publisher.declare_topology()
+            self._publisher.publish(messages)
 
     def _response_message(self, job_id: str, body: dict[str, Any]) -> Message:
         return Message(

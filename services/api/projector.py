@@ -17,7 +17,7 @@ import threading
 from sqlalchemy.engine import make_url
 
 from shared.consumer import StreamConsumer
-from shared.leader import LeaderLock
+from shared.leader import LeaderLock, lead_while_holding
 
 
 def projector_role(database_url: str, host: str | None = None) -> str:
@@ -32,16 +32,9 @@ def projector_role(database_url: str, host: str | None = None) -> str:
 
 
 def project_while_leading(
-    lock: LeaderLock, consumer: StreamConsumer, stop: threading.Event
+    lock: LeaderLock, consumer: StreamConsumer, stop: threading.Event, backoff: float = 5.0
 ) -> None:
-    """Run `consumer` whenever this process holds `lock`, until `stop` is set."""
-    while not stop.is_set():
-        lead, lost = threading.Event(), threading.Event()
-        threading.Thread(
-            target=lock.hold, args=(stop, lead, lost), name="api-projector-lock", daemon=True
-        ).start()
-        while not (stop.is_set() or lead.wait(0.5)):
-            pass
-        if lead.is_set():
-            # `lost` is also set when `stop` is: either way this process stops projecting.
-            consumer.run(lost)
+    """Run `consumer` whenever this process holds `lock`, until `stop` is set. Should the
+    projection die, the lock goes with it: a standby takes over rather than every process
+    serving reads that no longer move."""
+    lead_while_holding(lock, stop, consumer.run, backoff=backoff)

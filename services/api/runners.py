@@ -1,8 +1,8 @@
 """The runners as the API knows them: each one's latest heartbeat, for /metrics.
 
 A decorator around the API's job projection, so that projection stays about jobs: it folds
-`RunnerHeartbeat` and `RunnerLost` into `api_runners` in the same transaction, then hands every
-event on.
+`RunnerLost` into `api_runners` in the same transaction, then hands every event on; between
+batches it records the heartbeats heard on their own stream (shared/heartbeats.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -20,9 +20,15 @@ from shared.consumer import Logged, Projection
 from shared.events import Event, EventType
 
 
+class HeartbeatSource(Protocol):
+    def take(self) -> list[Event]: ...
+
+
 class RunnerBoard:
-    def __init__(self, jobs: Projection):
+    def __init__(self, jobs: Projection, engine: sa.Engine, heartbeats: HeartbeatSource):
         self._jobs = jobs
+        self._engine = engine
+        self._heartbeats = heartbeats
         self.consumer = jobs.consumer
         self.start_at = jobs.start_at
         self.offsets = jobs.offsets
@@ -30,7 +36,7 @@ class RunnerBoard:
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
         for event, _ in batch:
-            if event.type == EventType.RUNNER_HEARTBEAT:
+            if event.type == EventType.RUNNER_HEARTBEAT:  # from runners of before their stream
                 record_heartbeat(session, event)
             elif event.type == EventType.RUNNER_LOST:
                 session.execute(
@@ -44,6 +50,11 @@ class RunnerBoard:
         self._jobs.after_batch(caught_up)
 
     def tick(self) -> None:
+        heard = self._heartbeats.take()
+        if heard:
+            with Session(self._engine) as session, session.begin():
+                for heartbeat in heard:
+                    record_heartbeat(session, heartbeat)
         self._jobs.tick()
 
 

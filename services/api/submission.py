@@ -21,6 +21,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MIN_MEMORY_MB = 6  # Docker refuses a smaller memory limit
 MAX_MEMORY_MB = 1 << 30  # 1 PiB: larger is a typo, and would overflow the engine's bytes
 MIN_CPUS = 0.01  # Docker's smallest CPU quota
+# 30 days: a longer run is a typo, and a huge number would overflow the runner's deadline.
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600
 KNOWN_FIELDS = frozenset(
     {
         "command",
@@ -180,8 +182,10 @@ def _timeout(value: Any) -> float | None:
         seconds = float(value)
     except ValueError:
         raise InvalidRequest("timeout", f"must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise InvalidRequest("timeout", "must be a positive number of seconds")
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        raise InvalidRequest(
+            "timeout", f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS}"
+        )
     return seconds
 
 

@@ -74,7 +74,13 @@ def build(settings: Settings) -> Filestore:
     projection = FilestoreProjection(
         retention, publisher, EventFactory("filestore"), settings.file_gc_interval
     )
-    consumer = StreamConsumer(settings.amqp_url, topology, engine, projection)
+    consumer = StreamConsumer(
+        settings.amqp_url,
+        topology,
+        engine,
+        projection,
+        dead_letter_retention=settings.file_retention,
+    )
     return Filestore(store, retention, node, consumer, publisher)
 
 

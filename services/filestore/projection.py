@@ -50,21 +50,28 @@ class FilestoreProjection:
         if any(event.event_id == self._marker for event, _ in batch):
             self._retention.caught_up.set()
             log.info("filestore caught up with the log; retention is on")
+        submitted = self._known_jobs(session, batch)
         for event, _ in batch:
-            if event.job_id and event.type in (
+            if not event.job_id or event.type not in (
                 EventType.JOB_SUBMITTED,
                 EventType.JOB_OUTPUTS_SAVED,
             ):
-                self._refer(session, event.job_id, event.data.get("files") or ())
+                continue
+            files = event.data.get("files") or ()
+            if event.type == EventType.JOB_SUBMITTED and event.job_id in submitted:
+                # A retry's JobSubmitted (Idempotency-Key): the job keeps its first inputs, so
+                # the retry's uploads are no one's, and go.
+                self._end_holds(session, files)
+                continue
+            submitted.add(event.job_id)
+            self._refer(session, event.job_id, files)
         write_views(session, schema.jobs, fold_views(session, schema.jobs, batch), _job_columns)
 
     def _refer(self, session: Session, job_id: str, files: Iterable[Mapping[str, Any]]) -> None:
         """The job refers to these blobs: they are kept for it, and the uploads' holds, having
         served their purpose, end."""
         refs, files = schema.refs, list(files)
-        uploads = [str(f["upload"]) for f in files if f.get("upload")]
-        if uploads:
-            session.execute(schema.holds.delete().where(schema.holds.c.upload.in_(uploads)))
+        self._end_holds(session, files)
         digests = {f["digest"] for f in files if f.get("digest")}
         if not digests:
             return
@@ -75,6 +82,23 @@ class FilestoreProjection:
         )
         for digest in sorted(digests - known):
             session.execute(refs.insert().values(job_id=job_id, digest=digest))
+
+    @staticmethod
+    def _end_holds(session: Session, files: Iterable[Mapping[str, Any]]) -> None:
+        uploads = [str(f["upload"]) for f in files if f.get("upload")]
+        if uploads:
+            session.execute(schema.holds.delete().where(schema.holds.c.upload.in_(uploads)))
+
+    @staticmethod
+    def _known_jobs(session: Session, batch: Sequence[Logged]) -> set[str]:
+        """The jobs of the batch's JobSubmitted that an earlier batch already submitted."""
+        ids = {e.job_id for e, _ in batch if e.job_id and e.type == EventType.JOB_SUBMITTED}
+        if not ids:
+            return set()
+        jobs = schema.jobs
+        return set(
+            session.execute(sa.select(jobs.c.job_id).where(jobs.c.job_id.in_(ids))).scalars()
+        )
 
     def after_batch(self, caught_up: bool) -> None:
         pass

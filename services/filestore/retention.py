@@ -81,9 +81,10 @@ class Retention:
             for job_id in expired:
                 self._logs.delete(job_id)
             if expired:
-                connection.execute(
-                    jobs.update().where(jobs.c.job_id.in_(expired)).values(logs_deleted_at=now)
-                )
+                # Past its retention a job keeps nothing: its rows go with its logs, so that
+                # these tables hold the jobs of one retention period, not of all time.
+                connection.execute(schema.refs.delete().where(schema.refs.c.job_id.in_(expired)))
+                connection.execute(jobs.delete().where(jobs.c.job_id.in_(expired)))
 
     def release(self, uploads: Collection[str]) -> int:
         """End these uploads' holds (their submission failed) and delete what they alone kept."""

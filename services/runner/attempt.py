@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from services.runner.executor import (
@@ -22,8 +23,8 @@ from services.runner.executor import (
     NameTaken,
 )
 from shared.bus import BrokerUnavailable
-from shared.events import Event, EventFactory, EventType
-from shared.jobs import JobView, Outcome
+from shared.events import Event, EventFactory, EventType, utcnow
+from shared.jobs import JobView, Outcome, Status
 from shared.secret_env import SecretBox, SecretUnavailable, open_secret_env
 
 if TYPE_CHECKING:
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
     from services.runner.logs import OutputShipper
 
 log = logging.getLogger(__name__)
+
+# A stop the engine failed (an error, a timeout) is tried again after this, doubling up to the
+# cap, until the container's exit is seen: a cancelled or timed-out job must not keep running.
+STOP_RETRY_FIRST = 0.5
+STOP_RETRY_MAX = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class RunnerContext:
     simulated_gpus: bool = False  # FREIGHT_RUNNER_GPUS: name them to the job, attach nothing
     files: AttemptFiles | None = None  # inputs in, outputs out (services/runner/files.py)
     secrets: SecretBox | None = None  # opens jobs' secret_env (FREIGHT_SECRET_KEY)
+    images_used: Callable[[str], None] | None = None  # a job of ours used this image now
 
 
 class AttemptControl:
@@ -87,7 +94,9 @@ class Attempt:
         adopt: bool = False,
     ):
         self.job = job
-        self.adopt = adopt  # launched before a restart: follow its container, never start anew
+        # Launched before a restart: follow its container; make one only if the log says it
+        # never started (the runner died before the container existed, e.g. pulling its image).
+        self.adopt = adopt
         self.attempt = job.attempt
         self._ctx = ctx
         self.control = control
@@ -115,8 +124,8 @@ class Attempt:
             if self._ctx.files is not None:
                 self._shipper = self._ctx.files.ship_output(container_id, self.job)
             # Once the container runs, its start must reach the log, even through an outage.
-            self._emit(EventType.JOB_STARTED, always=True, container=container_id[:12])
-            ending = self._supervise(container_id, exited)
+            told = self._emit(EventType.JOB_STARTED, always=True, container=container_id[:12])
+            ending = self._supervise(container_id, exited, self._started_at(told))
         except ExecutorError as exc:
             ending = Ending(Outcome.ERROR, f"freight error: {exc}")
         except Exception as exc:  # noqa: BLE001 - any bug here must still end the job
@@ -132,15 +141,24 @@ class Attempt:
             self._on_done(self)
 
     def _container(self, spec: ContainerSpec) -> ContainerState:
-        """The attempt's container: an adopted attempt's must exist already; a new attempt's is
+        """The attempt's container: an adopted attempt's is looked for first; a new attempt's is
         created at once, and only a name already taken (a replay after a crash between create
         and the start's record) sends us looking for the one made before."""
-        executor = self._ctx.executor
         if self.adopt:
-            found = executor.find(spec.name)
-            if found is None:
+            found = self._ctx.executor.find(spec.name)
+            if found is not None:
+                return found
+            if self.job.status != Status.PENDING:
+                # It ran: making it again would run the command twice.
                 raise ExecutorError("its container vanished while the runner was away")
-            return found
+            log.info("job %s attempt %d has no container yet: creating it", *self._key)
+        container = self._create(spec)
+        if self._ctx.images_used is not None:
+            self._ctx.images_used(spec.image)
+        return container
+
+    def _create(self, spec: ContainerSpec) -> ContainerState:
+        executor = self._ctx.executor
         try:
             container_id = executor.create(spec)
         except NameTaken:
@@ -149,6 +167,10 @@ class Attempt:
                 raise ExecutorError(f"container {spec.name} vanished as it was created") from None
             return found
         return ContainerState(container_id, started=False)
+
+    @property
+    def _key(self) -> tuple[str, int]:
+        return self.job.job_id, self.attempt
 
     def _spec(self) -> ContainerSpec:
         ctx = self._ctx
@@ -193,12 +215,29 @@ class Attempt:
         ).start()
         return exited
 
-    def _supervise(self, container_id: str, exited: dict[str, ExitStatus | Exception]) -> Ending:
+    def _started_at(self, told: Event) -> datetime:
+        """When the log says the attempt started: a re-adopted attempt's first JobStarted (what
+        we tell again is a duplicate the fold ignores), else the one just told."""
+        if self.job.status == Status.RUNNING and self.job.started_at is not None:
+            return self.job.started_at
+        return told.occurred_at
+
+    def _deadline(self, started_at: datetime) -> float | None:
+        """The timeout counts from the start the log records, so a runner's restart neither
+        resets nor stretches it; as a monotonic time, which wall-clock jumps leave alone."""
+        if not self.job.timeout:
+            return None
+        left = self.job.timeout - (utcnow() - started_at).total_seconds()
+        return time.monotonic() + left
+
+    def _supervise(
+        self, container_id: str, exited: dict[str, ExitStatus | Exception], started_at: datetime
+    ) -> Ending:
         """Wait for the exit, a stop request or the timeout, whichever comes first.
 
         `container.wait` is only an HTTP read; the run deadline is enforced here.
         """
-        deadline = time.monotonic() + self.job.timeout if self.job.timeout else None
+        deadline = self._deadline(started_at)
         while "status" not in exited:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             self.control.wake.wait(remaining)
@@ -210,7 +249,7 @@ class Attempt:
                     Outcome.TIMED_OUT, f"timed out after {self.job.timeout:g}s"
                 )
             if self.control.stop_requested:
-                self._ctx.executor.stop(container_id, self._ctx.stop_grace)
+                self._stop_until_exited(container_id, exited)
         status = exited["status"]
         if isinstance(status, Exception):
             raise status
@@ -221,6 +260,22 @@ class Attempt:
         if status.exit_code == 0:
             return Ending(Outcome.SUCCEEDED, None, 0)
         return Ending(Outcome.FAILED, f"exit code {status.exit_code}", status.exit_code)
+
+    def _stop_until_exited(
+        self, container_id: str, exited: dict[str, ExitStatus | Exception]
+    ) -> None:
+        """Stop the container, again and again with a growing pause, until its exit is seen:
+        one failed stop (an engine error, a timeout) must not leave a cancelled job running."""
+        pause = STOP_RETRY_FIRST
+        while "status" not in exited:
+            try:
+                self._ctx.executor.stop(container_id, self._ctx.stop_grace)
+            except ExecutorError as exc:
+                log.warning("stopping job %s attempt %d failed, will retry: %s", *self._key, exc)
+            # The exit watcher sets `wake` when the container is gone.
+            self.control.wake.wait(pause)
+            self.control.wake.clear()
+            pause = min(pause * 2, STOP_RETRY_MAX)
 
     def _place_inputs(self, container_id: str) -> None:
         if self.job.files and self._ctx.files is None:
@@ -265,8 +320,10 @@ class Attempt:
         # One append, one confirm: what it saved, then that it ended.
         self._tell([outputs, finished] if outputs else [finished], always=True)
 
-    def _emit(self, type: EventType, always: bool = False, **data: Any) -> None:
-        self._tell([self._event(type, **data)], always)
+    def _emit(self, type: EventType, always: bool = False, **data: Any) -> Event:
+        event = self._event(type, **data)
+        self._tell([event], always)
+        return event
 
     def _event(self, type: EventType, **data: Any) -> Event:
         return self._ctx.new_event(

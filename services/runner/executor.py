@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +34,10 @@ class ExecutorError(RuntimeError):
 
 class ImageUnavailable(ExecutorError):
     pass
+
+
+class ImageInUse(ExecutorError):
+    """The engine refused to remove an image: a container still needs it."""
 
 
 class NameTaken(ExecutorError):
@@ -81,7 +85,8 @@ class Executor(Protocol):
         """Block until the container exits."""
 
     def stop(self, container_id: str, grace: float) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds."""
+        """SIGTERM, then SIGKILL after `grace` seconds; ExecutorError if the engine failed to
+        (the caller tries again: the container may still run). A container gone is stopped."""
 
     def remove(self, container_id: str) -> None: ...
 
@@ -218,16 +223,25 @@ class Confinement:
 
 
 class DockerExecutor:
-    def __init__(self, client: docker.DockerClient, confinement: Confinement | None = None):
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        confinement: Confinement | None = None,
+        on_pull: Callable[[str], None] | None = None,
+    ):
         self._client = client
         self._api = client.api
         self._confinement = confinement or Confinement()
+        self._on_pull = on_pull  # told each image pulled: those are the runner's to prune
         # An exited container's inspection is final: kept from `wait` for `changes`, until removal.
         self._exited: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_env(
-        cls, pool_size: int = 32, confinement: Confinement | None = None
+        cls,
+        pool_size: int = 32,
+        confinement: Confinement | None = None,
+        on_pull: Callable[[str], None] | None = None,
     ) -> DockerExecutor:
         try:
             client = docker.from_env(max_pool_size=pool_size)
@@ -237,7 +251,7 @@ class DockerExecutor:
             raise ExecutorError(
                 f"cannot reach the Docker engine ({exc}); start dockerd or set DOCKER_HOST"
             ) from None
-        return cls(client, confinement)
+        return cls(client, confinement, on_pull)
 
     def find(self, name: str) -> ContainerState | None:
         try:
@@ -306,7 +320,7 @@ class DockerExecutor:
         except docker.errors.NotFound:
             pass
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            log.warning("could not stop %s: %s", container_id[:12], _explain(exc))
+            raise ExecutorError(f"could not stop {container_id[:12]}: {_explain(exc)}") from None
 
     def remove(self, container_id: str) -> None:
         self._exited.pop(container_id, None)
@@ -425,6 +439,27 @@ class DockerExecutor:
             self._client.images.pull(image)
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise ImageUnavailable(f"image {image!r} is not available: {_explain(exc)}") from None
+        if self._on_pull is not None:
+            self._on_pull(image)
+
+    # -- images (services/runner/images.py) ----------------------------------------------------
+
+    def images_in_use(self) -> set[str]:
+        containers = self._call("list containers", self._api.containers, all=True)
+        return {c["Image"] for c in containers} | {c["ImageID"] for c in containers}
+
+    def remove_image(self, image: str) -> None:
+        try:
+            # Never forced: the engine keeps an image that a container still needs.
+            self._api.remove_image(image)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise ImageInUse(f"image {image} is in use: {_explain(exc)}") from None
+            raise ExecutorError(f"could not remove image {image}: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ExecutorError(f"could not remove image {image}: {exc}") from None
 
     def _inspect(self, container_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(

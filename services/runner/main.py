@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+
+import sqlalchemy as sa
 
 from services.runner.attempt import RunnerContext
 from services.runner.executor import Confinement, DockerExecutor, Executor
 from services.runner.files import start_file_service
 from services.runner.gpus import host_resources, inventory_for
+from services.runner.housekeeping import EndedJobs, Housekeeping
+from services.runner.images import ImagePruner, PulledImages
 from services.runner.local import LocalExecutor
 from services.runner.projection import RunnerProjection
 from shared.bus import Publisher, Topology
@@ -22,23 +27,44 @@ from shared.secret_env import SecretBox
 log = logging.getLogger(__name__)
 
 
-def make_executor(settings: Settings) -> Executor:
+def make_executor(settings: Settings, on_pull: Callable[[str], None] | None = None) -> Executor:
     if settings.runner_executor == "local":
         return LocalExecutor(settings.home / "local-jobs")
     return DockerExecutor.from_env(
-        pool_size=settings.runner_slots * 2 + 4, confinement=Confinement.from_settings(settings)
+        pool_size=settings.runner_slots * 2 + 4,
+        confinement=Confinement.from_settings(settings),
+        on_pull=on_pull,
     )
 
 
+def make_housekeeping(
+    settings: Settings, engine: sa.Engine, executor: Executor, images: PulledImages
+) -> Housekeeping:
+    chores: list[Callable[[], object]] = [
+        EndedJobs(engine, settings.runner_id, settings.file_retention, utcnow).prune
+    ]
+    if isinstance(executor, DockerExecutor) and settings.runner_image_prune_after > 0:
+        pruner = ImagePruner(
+            images,
+            executor,
+            keep_for=settings.runner_image_prune_after,
+            protected=[settings.default_image],
+            clock=utcnow,
+        )
+        chores.append(pruner.prune)
+    return Housekeeping(chores)
+
+
 def serve(settings: Settings) -> None:
-    executor = make_executor(settings)
+    engine = create_engine(settings.database_url_for("runner"))
+    migrate(engine, "runner")
+    images = PulledImages(engine, settings.runner_id, utcnow)
+    executor = make_executor(settings, on_pull=images.pulled)
     resources = host_resources(
         inventory_for(settings.runner_id, settings.runner_gpus, settings.runner_gpu_memory_mb),
         cpus=settings.runner_cpus,
         memory_mb=settings.runner_memory_mb,
     )
-    engine = create_engine(settings.database_url_for("runner"))
-    migrate(engine, "runner")
     topology = Topology.from_settings(settings)
     publisher = Publisher(
         settings.amqp_url, topology, f"runner:{settings.runner_id}", settings.publish_timeout
@@ -56,6 +82,7 @@ def serve(settings: Settings) -> None:
         simulated_gpus=resources.simulated_gpus,
         files=files,
         secrets=SecretBox.from_settings(settings),
+        images_used=images.used,
     )
     projection = RunnerProjection(
         engine,
@@ -64,6 +91,7 @@ def serve(settings: Settings) -> None:
         heartbeat_interval=settings.heartbeat_interval,
         clock=utcnow,
         resources=resources,
+        housekeeping=make_housekeeping(settings, engine, executor, images),
     )
     log.info(
         "runner %s (%s executor): %d slots, %d %sGPUs, %g CPUs, %d MiB",
@@ -77,7 +105,12 @@ def serve(settings: Settings) -> None:
     )
     on_committed, _ = export_projection(settings.amqp_url, topology, engine, projection)
     consumer = StreamConsumer(
-        settings.amqp_url, topology, engine, projection, on_committed=on_committed
+        settings.amqp_url,
+        topology,
+        engine,
+        projection,
+        on_committed=on_committed,
+        dead_letter_retention=settings.file_retention,
     )
     try:
         # Containers outlive this process on purpose: a restarted runner re-adopts them.

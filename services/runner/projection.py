@@ -1,7 +1,7 @@
 """The runner: folds the log, launches the attempts assigned to it, stops the ones that are no
 longer wanted, and reports its capacity in heartbeats.
 
-Launch and stop decisions wait until the runner has read back its own first heartbeat: by then
+Launch and stop decisions wait until the runner has read back its own RunnerStarted: by then
 it has replayed everything before it, so a restart never acts on an assignment that a later
 event already ended.
 """
@@ -28,6 +28,7 @@ from services.runner.executor import (
     ExecutorError,
 )
 from services.runner.gpus import HostResources
+from services.runner.housekeeping import Housekeeping
 from shared.bus import BrokerUnavailable
 from shared.consumer import Logged
 from shared.events import EventType
@@ -52,6 +53,7 @@ class RunnerProjection:
         heartbeat_interval: float,
         clock: Callable[[], datetime],
         resources: HostResources | None = None,
+        housekeeping: Housekeeping | None = None,
     ):
         self.consumer = f"runner:{ctx.runner_id}"
         self._engine = engine
@@ -64,7 +66,8 @@ class RunnerProjection:
         self._live: dict[tuple[str, int], Attempt] = {}
         self._lock = threading.Lock()
         self._next_sweep = 0.0
-        self._marker: str | None = None  # our first heartbeat's id
+        self._marker: str | None = None  # our RunnerStarted's id
+        self._housekeeping = housekeeping
         self.caught_up = False
 
     # -- projection ------------------------------------------------------------------------
@@ -83,10 +86,14 @@ class RunnerProjection:
             self.reconcile()
 
     def tick(self) -> None:
+        if self._marker is None:
+            self.announce_start()
         if time.monotonic() >= self._next_heartbeat:
             self.send_heartbeat()
         if self.caught_up:
             self.reconcile()
+        if self._housekeeping is not None:
+            self._housekeeping.run_if_due()
 
     def reconcile(self) -> None:
         """Make the running attempts match the log: launch what is ours, stop what is not."""
@@ -203,6 +210,17 @@ class RunnerProjection:
         with self._lock:
             self._live.pop((attempt.job.job_id, attempt.attempt), None)
 
+    def announce_start(self) -> None:
+        """Launch and stop decisions wait until this is read back: the log before it has been
+        replayed, so no attempt is launched that a later event already ended."""
+        started = self._ctx.new_event(EventType.RUNNER_STARTED, None, runner=self._ctx.runner_id)
+        try:
+            self._ctx.log.append(started)
+        except BrokerUnavailable as exc:
+            log.warning("could not announce the runner's start: %s", exc)
+            return
+        self._marker = started.event_id
+
     def send_heartbeat(self) -> None:
         with self._lock:
             live = list(self._live.values())
@@ -214,9 +232,7 @@ class RunnerProjection:
             **self._resources.report(self._slots, [a.job for a in live]),
         )
         try:
-            self._ctx.log.append(heartbeat)
-            if self._marker is None:
-                self._marker = heartbeat.event_id
+            self._ctx.log.send_heartbeat(heartbeat)
             self._next_heartbeat = time.monotonic() + self._heartbeat_interval
         except BrokerUnavailable as exc:
             log.warning("heartbeat not sent: %s", exc)
@@ -229,4 +245,9 @@ class RunnerProjection:
 
 
 def _job_columns(view: JobView) -> dict[str, Any]:
-    return {"status": view.status.value, "runner": view.runner, "view": view.to_dict()}
+    return {
+        "status": view.status.value,
+        "runner": view.runner,
+        "view": view.to_dict(),
+        "finished_at": view.finished_at,
+    }

@@ -1,5 +1,5 @@
-"""The runner's projection: every job's view (the same fold as everywhere) and the attempts this
-runner has launched, so a restart never starts one twice."""
+"""The runner's projection: every job's view (the same fold as everywhere), the attempts this
+runner has launched, so a restart never starts one twice, and the images it pulled."""
 
 import sqlalchemy as sa
 
@@ -16,7 +16,10 @@ jobs = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("runner", sa.String(200), nullable=True),
     sa.Column("view", sa.JSON, nullable=False),
+    # When the job ended (the view's): rows are forgotten FREIGHT_FILE_RETENTION later.
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("runner_jobs_runner_status", "runner", "status"),
+    sa.Index("runner_jobs_ended", "projector", "finished_at"),
 )
 
 attempts = sa.Table(
@@ -27,6 +30,17 @@ attempts = sa.Table(
     sa.Column("runner_id", sa.String(200), nullable=False),
     sa.Column("launched_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("runner_attempts_ended", "runner_id", "finished_at"),
+)
+
+# What FREIGHT_RUNNER_IMAGE_PRUNE_AFTER may remove: only images this runner pulled.
+images = sa.Table(
+    "runner_images",
+    metadata,
+    sa.Column("runner_id", sa.String(200), primary_key=True),
+    sa.Column("image", sa.String(500), primary_key=True),
+    sa.Column("pulled_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 offsets = offsets_table(metadata, "runner")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 from services.scheduler.projection import SchedulerProjection
 from shared.bus import Publisher, Topology
 from shared.config import Settings
-from shared.consumer import StreamConsumer
+from shared.consumer import LogBehindProjection, StreamConsumer
 from shared.db import create_engine, migrate
 from shared.events import EventFactory, utcnow
-from shared.leader import LeaderLock
+from shared.heartbeats import HeartbeatListener
+from shared.leader import LeaderLock, lead_while_holding
 from shared.metrics import export_projection, serve_metrics_from_env
 from shared.runtime import stop_on_signals
 
@@ -28,36 +30,42 @@ def serve(settings: Settings) -> None:
     serve_metrics_from_env()  # a standby answers scrapes too
     topology = Topology.from_settings(settings)
     lock = LeaderLock(settings.amqp_url, topology, "scheduler")
-    while not stop.is_set():
-        lead, lost = threading.Event(), threading.Event()
-        threading.Thread(
-            target=lock.hold, args=(stop, lead, lost), name="leader-lock", daemon=True
-        ).start()
-        while not (stop.is_set() or lead.wait(0.5)):
-            pass
-        if lead.is_set():
-            # `lost` is also set when `stop` is: either way this leadership is over.
-            schedule(settings, topology, until=lost)
+    # A log behind the database is no passing fault: retrying would only skip events later.
+    lead_while_holding(
+        lock,
+        stop,
+        lambda until: schedule(settings, topology, until),
+        fatal=(LogBehindProjection,),
+    )
 
 
 def schedule(settings: Settings, topology: Topology, until: threading.Event) -> None:
     engine = create_engine(settings.database_url_for("scheduler"))
     migrate(engine, "scheduler")
     publisher = Publisher(settings.amqp_url, topology, "scheduler", settings.publish_timeout)
+    heartbeats = HeartbeatListener(settings.amqp_url, topology, "scheduler")
     projection = SchedulerProjection(
         engine,
         publisher,
         EventFactory("scheduler"),
         runner_deadline=settings.runner_deadline,
         clock=utcnow,
+        heartbeats=heartbeats,
+        retention=timedelta(seconds=settings.file_retention),
     )
     on_committed, unwatch = export_projection(settings.amqp_url, topology, engine, projection)
     consumer = StreamConsumer(
-        settings.amqp_url, topology, engine, projection, on_committed=on_committed
+        settings.amqp_url,
+        topology,
+        engine,
+        projection,
+        on_committed=on_committed,
+        dead_letter_retention=settings.file_retention,
     )
     try:
         consumer.run(until)
     finally:
         unwatch()
+        heartbeats.close()
         publisher.close()
         engine.dispose()

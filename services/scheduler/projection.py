@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -36,6 +36,13 @@ MAX_REASONS_PER_PASS = 100
 # Most jobs are placed at once: a reason is told only once a job has waited a moment, so a
 # job submitted while a runner is still starting keeps a short history.
 REASON_DELAY = timedelta(seconds=1)
+# Seconds between prunings of ended jobs.
+PRUNE_INTERVAL = 600.0
+
+
+class HeartbeatSource(Protocol):
+    def take(self) -> list[Event]:
+        """The runners' latest heartbeats heard live since the last call."""
 
 
 class SchedulerProjection:
@@ -52,13 +59,20 @@ class SchedulerProjection:
         runner_deadline: float,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
+        heartbeats: HeartbeatSource | None = None,
+        retention: timedelta | None = None,
     ):
         self._engine = engine
         self._log = log_writer
         self._new_event = new_event
         self._deadline = timedelta(seconds=runner_deadline)
         self._clock = clock
+        self._monotonic = monotonic
         self._liveness = Liveness(runner_deadline, monotonic)
+        self._heartbeats = heartbeats
+        # Ended jobs are kept this long (FREIGHT_FILE_RETENTION), then pruned; None: kept.
+        self._retention = retention
+        self._next_prune = 0.0
         # Decisions published but not yet read back from the log, counted against capacity.
         self._in_flight: dict[str, Placement] = {}
         # Wait reasons published but perhaps not yet read back: each is told once, on change.
@@ -95,7 +109,9 @@ class SchedulerProjection:
         if event.event_id == self._marker:
             self.caught_up = True
         if event.type == EventType.RUNNER_HEARTBEAT:
-            self._record_heartbeat(session, event)
+            # Heartbeats have their own stream now; these are from runners of before it, and
+            # count as heard only once the replay is over.
+            self._record_heartbeat(session, event, live=self.caught_up)
         elif event.type == EventType.RUNNER_LOST:
             session.execute(
                 schema.runners.update()
@@ -114,7 +130,12 @@ class SchedulerProjection:
         after = evolve(before, event)
         if after is None or after == before:
             return
-        values = {"status": after.status.value, "runner": after.runner, "view": after.to_dict()}
+        values = {
+            "status": after.status.value,
+            "runner": after.runner,
+            "view": after.to_dict(),
+            "finished_at": after.finished_at,
+        }
         if row is None:
             session.execute(jobs.insert().values(job_id=after.job_id, position=position, **values))
         else:
@@ -167,7 +188,15 @@ class SchedulerProjection:
             self._told = {k: r for k, r in self._told.items() if k in backlog}
         return self._backlog
 
-    def _record_heartbeat(self, session: Session, event: Event) -> None:
+    def hear_heartbeats(self) -> None:
+        """What the runners said since the last pass, heard now."""
+        heard = self._heartbeats.take() if self._heartbeats is not None else []
+        if heard:
+            with Session(self._engine) as session, session.begin():
+                for heartbeat in heard:
+                    self._record_heartbeat(session, heartbeat, live=True)
+
+    def _record_heartbeat(self, session: Session, event: Event, live: bool) -> None:
         runner_id = event.data["runner"]
         capacity = {k: event.data.get(k) for k in ("slots", "gpus", "cpus", "memory_mb")}
         runners = schema.runners
@@ -176,7 +205,7 @@ class SchedulerProjection:
         ).first()
         # `last_seen` is the runner's own clock, kept for people; liveness is judged by when
         # this scheduler heard it (Liveness), and only heartbeats heard live count.
-        if self.caught_up:
+        if live:
             self._liveness.heard(runner_id)
         values = {"last_seen": event.occurred_at, "capacity": capacity, "lost": False}
         if exists:
@@ -201,9 +230,11 @@ class SchedulerProjection:
                 log.warning("could not announce the scheduler's start: %s", exc)
                 return
         self._liveness.look()
+        self.hear_heartbeats()
         self.declare_silent_runners_lost()
         self.end_jobs_placed_on_lost_runners()
         self.place_queued_jobs()
+        self.prune_ended_jobs()
 
     def place_queued_jobs(self) -> None:
         """Place what fits, head of the queue first; tell a bounded few why they wait.
@@ -362,6 +393,20 @@ class SchedulerProjection:
         for job in orphans:
             self._orphans_told[job.job_id] = job.attempt
             log.warning("job %s was placed on %s, a lost runner; ended", job.job_id, job.runner)
+
+    def prune_ended_jobs(self) -> None:
+        """Jobs ended longer than the retention ago leave the table (a late event of one
+        changes nothing: the fold of an unknown job is nothing). At most every PRUNE_INTERVAL."""
+        if self._retention is None or self._monotonic() < self._next_prune:
+            return
+        self._next_prune = self._monotonic() + PRUNE_INTERVAL
+        jobs = schema.jobs
+        with self._engine.begin() as connection:
+            pruned = connection.execute(
+                jobs.delete().where(jobs.c.finished_at < self._clock() - self._retention)
+            )
+        if cast(sa.CursorResult[Any], pruned).rowcount:
+            log.info("pruned %d jobs ended before the retention", pruned.rowcount)
 
     def _declare_lost(self, runner_id: str, jobs: list[JobView]) -> None:
         events = [_runner_lost(self._new_event, job) for job in jobs]

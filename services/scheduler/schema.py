@@ -14,8 +14,10 @@ jobs = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("runner", sa.String(200), nullable=True),
     sa.Column("view", sa.JSON, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("scheduler_jobs_status_position", "status", "position"),
     sa.Index("scheduler_jobs_runner_status", "runner", "status"),
+    sa.Index("scheduler_jobs_finished_at", "finished_at"),
 )
 
 runners = sa.Table(

@@ -19,6 +19,7 @@ import pika
 import pytest
 import requests
 
+from shared.bus import Topology
 from shared.config import Settings
 from shared.tokens import add_token
 from tests.conftest import fresh_settings
@@ -67,6 +68,8 @@ class Cluster:
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_as: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # Environment beyond FREIGHT_* for one process (e.g. a faked clock), kept across restarts.
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -78,7 +81,7 @@ class Cluster:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "freight.cli", "serve", service],
-            env=service_env(self.settings, **overrides),
+            env={**service_env(self.settings, **overrides), **self.extra_env.get(name, {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -266,7 +269,11 @@ def responses(cluster_settings: Settings) -> Iterator[Any]:
     connection = pika.BlockingConnection(pika.URLParameters(cluster_settings.amqp_url))
     channel = connection.channel()
     channel.exchange_declare(cluster_settings.response_exchange, "topic", durable=True)
-    channel.queue_declare(cluster_settings.response_queue, durable=True)
+    channel.queue_declare(
+        cluster_settings.response_queue,
+        durable=True,
+        arguments=Topology.from_settings(cluster_settings).response_queue_bound(),
+    )
     channel.queue_bind(cluster_settings.response_queue, cluster_settings.response_exchange, "#")
 
     class Responses:

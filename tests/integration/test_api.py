@@ -135,6 +135,9 @@ def test_multipart_text_fields(client):
         ({"command": "x", "gpus": "many"}, ["gpus"]),
         ({"command": "x", "env": ["NOEQUALS"]}, ["env"]),
         ({"command": "x", "timeout": -5}, ["timeout"]),
+        ({"command": "x", "timeout": 0}, ["timeout"]),
+        ({"command": "x", "timeout": 1e12}, ["timeout"]),
+        ({"command": "x", "timeout": "NaN"}, ["timeout"]),
         ({"command": "x", "colour": "red"}, ["colour"]),
     ],
 )

@@ -11,12 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from services.filestore import schema
 from services.filestore.blobs import BlobMismatch, LocalBlobStore
 from services.filestore.main import Filestore, build
 from shared import filestore_protocol as protocol
 from shared.bus import Publisher, Topology
 from shared.config import Settings
+from shared.db import create_engine
 from shared.events import EventFactory, EventType
 from shared.filestore_client import FilestoreClient
 from shared.filestore_protocol import log_record, log_records
@@ -241,6 +244,22 @@ class TestRetention:
         )
         # Retention is zero here: once the job has ended, nothing keeps its input.
         wait_until(lambda: blob_files(store_settings) == [], what="the input to go")
+        # Nor its rows: the tables hold one retention period's jobs, not all of them.
+        engine = create_engine(store_settings.database_url_for("filestore"))
+        try:
+            wait_until(
+                lambda: all(
+                    _count_rows(engine, table) == 0 for table in (schema.refs, schema.jobs)
+                ),
+                what="the job's rows to go",
+            )
+        finally:
+            engine.dispose()
+
+
+def _count_rows(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
 def test_a_log_is_appended_once_read_by_stream_and_tailed(filestore, client):

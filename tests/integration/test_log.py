@@ -13,8 +13,7 @@ import sqlalchemy as sa
 
 from services.api import schema
 from services.api.projection import ApiProjection
-from shared.bus import BrokerUnavailable, Publisher, Topology
-from shared.config import Settings
+from shared.bus import BrokerUnavailable, Publisher
 from shared.consumer import StreamConsumer
 from shared.db import create_engine, migrate
 from shared.events import EventFactory, EventType
@@ -25,18 +24,6 @@ new_event = EventFactory("test")
 
 def submitted(n: int):
     return new_event(EventType.JOB_SUBMITTED, f"job-{n:04d}", command=f"echo {n}", image="busybox")
-
-
-@pytest.fixture
-def topology(settings: Settings) -> Topology:
-    return Topology.from_settings(settings)
-
-
-@pytest.fixture
-def publisher(settings: Settings, topology: Topology) -> Iterator[Publisher]:
-    publisher = Publisher(settings.amqp_url, topology, "test")
-    yield publisher
-    publisher.close()
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
+from services.scheduler import schema
 from services.scheduler.projection import SchedulerProjection
 from shared.events import Event, EventFactory, EventType
 from shared.jobs import Outcome
@@ -115,3 +117,32 @@ def test_a_job_assigned_to_a_runner_already_lost_does_not_stay_pending(world):
     apply(projection, ended)
     ticking(projection, clock, 3)
     assert log.take(EventType.JOB_FINISHED) == []  # told once
+
+
+def test_ended_jobs_leave_the_table_once_their_retention_passed(world):
+    _, apply, new_event, log, clock, engine = world
+    projection = SchedulerProjection(
+        engine,
+        log,
+        EventFactory("scheduler", clock=clock),
+        DEADLINE,
+        clock,
+        clock.monotonic,
+        retention=timedelta(days=7),
+    )
+    projection.announce_start()
+    apply(projection, *log.take())
+    ended, queued = submitted(new_event, 2)
+    failed = new_event(EventType.JOB_CANCEL_REQUESTED, ended.job_id)
+    apply(projection, ended, queued, failed)
+
+    def kept() -> set[str]:
+        with engine.connect() as connection:
+            return set(connection.execute(sa.select(schema.jobs.c.job_id)).scalars())
+
+    clock.now += timedelta(days=6)
+    projection.prune_ended_jobs()
+    assert kept() == {ended.job_id, queued.job_id}
+    clock.now += timedelta(days=2)
+    projection.prune_ended_jobs()
+    assert kept() == {queued.job_id}  # a queued job is never pruned, however old

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.api.submission import InvalidRequest, parse_job_request
+from services.api.submission import MAX_TIMEOUT_SECONDS, InvalidRequest, parse_job_request
 
 
 def parse(**fields):
@@ -59,6 +59,22 @@ def test_bad_fields_are_rejected_by_name(fields, field):
     with pytest.raises(InvalidRequest) as info:
         parse(**fields)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    ["nan", float("nan"), "inf", float("inf"), "-inf", -1, "-0.5", 0, "0.0", 2_592_001, 1e308],
+)
+def test_absurd_timeouts_are_rejected(timeout):
+    with pytest.raises(InvalidRequest) as info:
+        parse(command="x", timeout=timeout)
+    assert info.value.field == "timeout"
+    assert "2592000" in info.value.message
+
+
+@pytest.mark.parametrize("timeout", [0.001, 1, "90", MAX_TIMEOUT_SECONDS])
+def test_timeouts_up_to_thirty_days_are_accepted(timeout):
+    assert parse(command="x", timeout=timeout).timeout == float(timeout)
 
 
 def test_resources_from_a_form_or_json():
