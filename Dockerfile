@@ -3,8 +3,11 @@
 #   docker run IMAGE migrate api scheduler runner filestore
 # Dependencies are pinned by requirements.lock (`make lock` regenerates it from pyproject.toml).
 ARG PYTHON_IMAGE=python:3.11-slim
+# Where the dependencies are installed: PYTHON_IMAGE itself (pip reaches PyPI), or an image of the
+# same Python that carries their wheels and points pip at them (`make images`: no index needed).
+ARG BUILD_IMAGE=${PYTHON_IMAGE}
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/freight
 COPY requirements.lock /src/

@@ -8,7 +8,7 @@ PYTHON ?= python3
 export FREIGHT_AMQP_URL ?= amqp://guest:guest@localhost:5672/
 export FREIGHT_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install up test lint bench docker clean lock image
+.PHONY: install up test lint bench docker images clean lock image
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,12 @@ docker:
 up: install
 	bash scripts/up.sh
 
-test: install docker
+# Every image compose.yaml needs, built here from Debian's packages (no registry needed), and a
+# compose tool; the suite's deployment tests use them. Cached: a second run rebuilds what changed.
+images: install
+	bash scripts/build-images.sh
+
+test: install docker images
 	$(BIN)/pytest
 
 lint: install
@@ -44,7 +49,7 @@ lock:
 		--no-emit-find-links --output-file requirements.lock pyproject.toml
 	rm -rf .lock-venv
 
-# The one image of every service (compose.yaml builds it too).
+# The one image of every service (compose.yaml builds it too), from the official Python image.
 image:
 	docker build -t freight:local .
 

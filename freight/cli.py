@@ -111,7 +111,7 @@ def run_service_command(args: argparse.Namespace) -> int:
 
     if args.command == "serve":
         configure_logging(args.service, settings.log_level)
-        from shared.consumer import LogBehindProjection
+        from shared.snapshots import LogUnusable
 
         module = importlib.import_module(f"services.{args.service}.main")
         try:
@@ -119,7 +119,7 @@ def run_service_command(args: argparse.Namespace) -> int:
         except ConfigError as exc:  # a setting it cannot start with, e.g. an unsafe bind
             print(f"freight serve {args.service}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except LogBehindProjection as exc:  # its database is ahead of the stream
+        except LogUnusable as exc:  # its database is ahead of the stream, or the stream cut
             print(f"freight serve {args.service}: {exc}", file=sys.stderr)
             return EXIT_FAILED
         return 0

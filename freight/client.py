@@ -32,6 +32,7 @@ from freight.errors import (
     WaitTimedOut,
     error_for_status,
 )
+from freight.jobspec import PAIR_FIELDS
 from freight.models import Event, FileEntry, Job, Submitted
 from freight.multipart import MultipartBody, Upload
 from freight.responses import JobResponses, ResponsesUnreachable
@@ -102,41 +103,59 @@ class Client:
         self,
         command: str,
         *,
-        gpus: int | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
         image: str | None = None,
+        gpus: int | None = None,
+        gpu_memory: int | None = None,
+        cpus: float | None = None,
+        memory: int | None = None,
         env: Mapping[str, str] | None = None,
+        secret_env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         max_attempts: int | None = None,
+        priority: int | None = None,
         files: Files | None = None,
         on_upload: Progress | None = None,
-        secret_env: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> Submitted:
-        """Submit a job; `files` are uploaded to their destination path in the job
-        (a relative path lands under the job's working directory, /job). `secret_env` is set
-        in the job's environment like `env`, but Freight stores it sealed and shows only its
-        names (docs/security.md).
+        """Submit a job; every field of freight.jobspec.JobSpec is a parameter, described
+        there (`memory` and `gpu_memory` in MiB). `files` are uploaded to their destination
+        path in the job (a relative path lands under the job's working directory, /job).
+        `secret_env` is set in the job's environment like `env`, but Freight stores it sealed
+        and shows only its names (docs/security.md).
 
         `idempotency_key` (by default a new random one per call) makes a retry harmless: the
         same key within 24 hours answers with the job it first made. The submission is retried
         with it when Freight answers 503 or the connection breaks; give your own key to retry
         safely across calls, or across restarts of your program."""
-        fields: dict[str, Any] = {"command": command, "gpus": gpus, "image": image}
-        fields |= {"timeout": timeout, "max_attempts": max_attempts}
-        fields = {name: value for name, value in fields.items() if value is not None}
+        request: dict[str, Any] = {
+            "command": command,
+            "name": name,
+            "labels": labels,
+            "image": image,
+            "gpus": gpus,
+            "gpu_memory": gpu_memory,
+            "cpus": cpus,
+            "memory": memory,
+            "env": env,
+            "secret_env": secret_env,
+            "timeout": timeout,
+            "max_attempts": max_attempts,
+            "priority": priority,
+        }
+        fields = {k: v for k, v in request.items() if v is not None and k not in PAIR_FIELDS}
+        pairs = {k: dict(request[k]) for k in PAIR_FIELDS if request[k]}
         headers = {IDEMPOTENCY_HEADER: idempotency_key or str(uuid.uuid4())}
         uploads = _uploads(files)
         if not uploads:
-            if env:
-                fields["env"] = dict(env)
-            if secret_env:
-                fields["secret_env"] = dict(secret_env)
+            body = fields | pairs
             return self._submit(
-                lambda: self._request("POST", "/jobs", json=fields, headers=headers), retry=True
+                lambda: self._request("POST", "/jobs", json=body, headers=headers), retry=True
             )
-        form = [(name, str(value)) for name, value in fields.items()]
-        form += [("env", f"{name}={value}") for name, value in (env or {}).items()]
-        form += [("secret_env", f"{name}={value}") for name, value in (secret_env or {}).items()]
+        # A form sends a map as one KEY=VALUE field per entry.
+        form = [(k, str(v)) for k, v in fields.items()]
+        form += [(k, f"{key}={value}") for k, pair in pairs.items() for key, value in pair.items()]
 
         def send() -> requests.Response:
             body = MultipartBody(form, uploads, _counter(on_upload, uploads))
@@ -189,6 +208,12 @@ class Client:
     def cancel(self, job_id: str) -> Cancellation:
         raw = self._json("DELETE", f"/jobs/{_segment(job_id)}")
         return Cancellation(raw.get("id", job_id), raw.get("message", ""), raw)
+
+    def usage(self, owner: str | None = None) -> builtins.list[dict[str, Any]]:
+        """What each owner's ended jobs used: `{owner, jobs, run_seconds, gpu_seconds,
+        cpu_seconds}`, most GPU-seconds first; a user sees their own only."""
+        params = {"owner": owner} if owner else None
+        return list(self._json("GET", "/usage", params=params)["results"])
 
     def events(self, job_id: str) -> builtins.list[Event]:
         raw = self._json("GET", f"/jobs/{_segment(job_id)}/events")

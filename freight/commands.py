@@ -15,6 +15,7 @@ from typing import Any
 from freight import render
 from freight.client import Client
 from freight.errors import WaitTimedOut
+from freight.jobspec import JobSpec
 from freight.models import Job
 from freight.progress import ProgressBar, Spinner
 
@@ -43,20 +44,7 @@ def add_user_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         return parser
 
     submit = add("submit", submit_job, "submit a job: freight submit [options] -- COMMAND...")
-    submit.add_argument("--gpus", type=int, metavar="N", help="number of GPUs the job needs")
-    submit.add_argument("--image", metavar="IMAGE", help="container image (default: the server's)")
-    submit.add_argument(
-        "--env", action="append", default=[], metavar="K=V", help="environment variable"
-    )
-    submit.add_argument(
-        "--file",
-        action="append",
-        default=[],
-        metavar="LOCAL[:DEST]",
-        help="upload LOCAL to DEST in the job (default: its name, under /job)",
-    )
-    submit.add_argument("--timeout", type=float, metavar="S", help="kill the job after S seconds")
-    submit.add_argument("--max-attempts", type=int, metavar="N", help="retries if Freight fails")
+    _add_job_spec_options(submit)
     submit.add_argument(
         "--idempotency-key",
         metavar="KEY",
@@ -95,6 +83,9 @@ def add_user_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "job_id", metavar="ID"
     )
 
+    usage = add("usage", show_usage, "what each owner's ended jobs used (GPU- and CPU-hours)")
+    usage.add_argument("--owner", metavar="NAME", help="only NAME's (an admin may ask anyone's)")
+
     wait = add("wait", wait_for_job, "wait for a job to end; exit with its exit code")
     wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
     wait.add_argument("job_id", metavar="ID")
@@ -118,20 +109,68 @@ def add_user_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_job_spec_options(submit: argparse.ArgumentParser) -> None:
+    """An option for every field of the job model but `command` (the words after --), its help
+    the model's own description (tests/unit/test_job_model.py checks none is missing)."""
+
+    def option(field: str, flag: str | None = None, **kwargs: Any) -> None:
+        help = JobSpec.model_fields[field].description or ""
+        flag = flag or f"--{field.replace('_', '-')}"
+        submit.add_argument(flag, dest=field, help=help, **kwargs)
+
+    def pairs(field: str, flag: str | None = None) -> None:
+        option(field, flag, action="append", default=[], metavar="K=V")
+
+    option("name", metavar="NAME")
+    pairs("labels", "--label")
+    option("image", metavar="IMAGE")
+    option("gpus", type=int, metavar="N")
+    option("gpu_memory", type=int, metavar="MIB")
+    option("cpus", type=float, metavar="N")
+    option("memory", type=int, metavar="MIB")
+    pairs("env")
+    submit.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="environment variables from FILE: KEY=VALUE lines, # comments, no quotes removed "
+        "(as `docker run --env-file`); --env wins over it",
+    )
+    pairs("secret_env")
+    option("timeout", type=float, metavar="S")
+    option("max_attempts", type=int, metavar="N")
+    option("priority", type=int, metavar="N")
+    submit.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="LOCAL[:DEST]",
+        help="upload LOCAL to DEST in the job (default: its name, under /job)",
+    )
+
+
 # -- commands --------------------------------------------------------------------------------
 
 
 def submit_job(client: Client, args: argparse.Namespace) -> int:
     uploads = [_upload(spec) for spec in args.file]
-    env = dict(_env_pair(pair) for pair in args.env)
+    env = {**_env_files(args.env_file), **_pairs("--env", args.env)}
     bar = ProgressBar("uploading", _total_size(uploads)) if uploads else None
     submitted = client.submit(
         _command_line(args.words),
-        gpus=args.gpus,
+        name=args.name,
+        labels=_pairs("--label", args.labels),
         image=args.image,
+        gpus=args.gpus,
+        gpu_memory=args.gpu_memory,
+        cpus=args.cpus,
+        memory=args.memory,
         env=env,
+        secret_env=_pairs("--secret-env", args.secret_env),
         timeout=args.timeout,
         max_attempts=args.max_attempts,
+        priority=args.priority,
         files=uploads,
         on_upload=bar.show if bar else None,
         idempotency_key=args.idempotency_key,
@@ -161,6 +200,15 @@ def list_jobs(client: Client, args: argparse.Namespace) -> int:
         _print_json([j.raw for j in jobs])
     else:
         print(render.jobs_table(jobs))
+    return EXIT_OK
+
+
+def show_usage(client: Client, args: argparse.Namespace) -> int:
+    rows = client.usage(args.owner)
+    if args.json:
+        _print_json(rows)
+    else:
+        print(render.usage_table(rows))
     return EXIT_OK
 
 
@@ -291,11 +339,30 @@ def _upload(spec: str) -> tuple[str, str]:
     return local, dest or os.path.basename(local)
 
 
-def _env_pair(pair: str) -> tuple[str, str]:
-    name, sep, value = pair.partition("=")
+def _pairs(option: str, given: list[str]) -> dict[str, str]:
+    return dict(_pair(option, text) for text in given)
+
+
+def _pair(option: str, text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
     if not sep or not name:
-        raise UsageError(f"--env {pair!r}: expected NAME=VALUE")
+        # Never the text itself: under --secret-env it holds a secret.
+        raise UsageError(f"{option} {name if sep else '...'!r}: expected NAME=VALUE")
     return name, value
+
+
+def _env_files(paths: list[str]) -> dict[str, str]:
+    """KEY=VALUE lines, blank lines and `# comments` skipped; later files win."""
+    env: dict[str, str] = {}
+    for path in paths:
+        try:
+            lines = Path(path).expanduser().read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--env-file {path}: cannot read it ({exc})") from None
+        for number, line in enumerate(lines, start=1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                env.update([_pair(f"--env-file {path}, line {number}:", line.strip())])
+    return env
 
 
 def _total_size(uploads: list[tuple[str, str]]) -> int:

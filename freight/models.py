@@ -1,11 +1,17 @@
-"""Typed results of the SDK; each keeps the API's JSON in `raw` for scripts that want all of it."""
+"""Typed results of the SDK; each keeps the API's JSON in `raw` for scripts that want all of it.
+`Submitted` and `Job` are the job model's (freight/jobspec.py), the one the API answers with."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import PrivateAttr, ValidationError
+
+from freight import jobspec
+from freight.errors import FreightError
 
 FINISHED = frozenset({"COMPLETE", "FAILED"})
 
@@ -18,46 +24,28 @@ def _time(value: Any) -> datetime | None:
     return None
 
 
-@dataclass(frozen=True)
-class Submitted:
+class Submitted(jobspec.Submitted):
     """What `POST /jobs` answers: the job is in the log, not yet placed."""
 
-    job_id: str
-    command: str
-    status: str
-    gpus: int | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._raw
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Submitted:
-        return cls(
-            job_id=raw["job_id"],
-            command=raw.get("command", ""),
-            status=raw.get("status", "QUEUED"),
-            gpus=raw.get("gpus"),
-            raw=dict(raw),
-        )
+        return _with_raw(_parsed(cls, raw), raw)
 
 
-@dataclass(frozen=True)
-class Job:
-    job_id: str
-    status: str
-    command: str = ""
-    image: str | None = None
-    gpus: int | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    timeout: float | None = None
-    max_attempts: int | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    exit_code: int | None = None
-    reason: str | None = None
-    runner: str | None = None
-    attempt: int | None = None
-    assigned_gpus: tuple[Mapping[str, Any], ...] = ()
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+class Job(jobspec.Job):
+    """A job as `GET /jobs/{id}` shows it: every field of freight.jobspec.Job."""
+
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._raw
 
     @property
     def finished(self) -> bool:
@@ -69,25 +57,26 @@ class Job:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Job:
-        return cls(
-            job_id=raw["job_id"],
-            status=raw["status"],
-            command=raw.get("command") or "",
-            image=raw.get("image"),
-            gpus=raw.get("gpus"),
-            env=dict(raw.get("env") or {}),
-            timeout=raw.get("timeout"),
-            max_attempts=raw.get("max_attempts"),
-            created_at=_time(raw.get("created_at")),
-            started_at=_time(raw.get("started_at")),
-            finished_at=_time(raw.get("finished_at")),
-            exit_code=raw.get("exit_code"),
-            reason=raw.get("reason"),
-            runner=raw.get("runner"),
-            attempt=raw.get("attempt"),
-            assigned_gpus=tuple(raw.get("assigned_gpus") or ()),
-            raw=dict(raw),
-        )
+        return _with_raw(_parsed(cls, raw), raw)
+
+
+Answer = TypeVar("Answer", Submitted, Job)
+
+
+def _parsed(model: type[Answer], raw: Mapping[str, Any]) -> Answer:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise FreightError(
+            f"Freight answered with a {model.__name__} this client cannot read "
+            f"({exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}); "
+            "is the client older than the server?"
+        ) from None
+
+
+def _with_raw(answer: Answer, raw: Mapping[str, Any]) -> Answer:
+    answer._raw = dict(raw)  # private, so set even on a frozen model
+    return answer
 
 
 @dataclass(frozen=True)

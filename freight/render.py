@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from freight.models import Event, FileEntry, Job
 from freight.progress import human_bytes
@@ -57,15 +58,37 @@ def jobs_table(jobs: Iterable[Job]) -> str:
     )
 
 
+def usage_table(rows: Iterable[dict[str, Any]]) -> str:
+    return table(
+        ["OWNER", "JOBS", "RUN HOURS", "GPU HOURS", "CPU HOURS"],
+        (
+            [
+                row["owner"],
+                str(row["jobs"]),
+                f"{row['run_seconds'] / 3600:.2f}",
+                f"{row['gpu_seconds'] / 3600:.2f}",
+                f"{row['cpu_seconds'] / 3600:.2f}",
+            ]
+            for row in rows
+        ),
+    )
+
+
 def job_details(job: Job) -> str:
-    gpus = ", ".join(str(g.get("index", g.get("uuid", g))) for g in job.assigned_gpus)
+    gpus = ", ".join(str(g.index if g.index is not None else g.uuid) for g in job.assigned_gpus)
     rows = [
         ("job", job.job_id),
+        ("name", job.name or "-"),
         ("status", job.status),
         ("command", job.command),
         ("image", job.image or "-"),
         ("gpus", "-" if job.gpus is None else f"{job.gpus}" + (f" ({gpus})" if gpus else "")),
+        ("gpu memory", "-" if job.gpu_memory is None else f"{job.gpu_memory} MiB"),
+        ("cpus", "-" if job.cpus is None else f"{job.cpus:g}"),
+        ("memory", "-" if job.memory is None else f"{job.memory} MiB"),
         ("env", " ".join(f"{k}={v}" for k, v in job.env.items()) or "-"),
+        ("secret env", " ".join(job.secret_env) or "-"),
+        ("labels", " ".join(f"{k}={v}" for k, v in job.labels.items()) or "-"),
         ("timeout", "-" if job.timeout is None else f"{job.timeout:g}s"),
         ("created", when(job.created_at)),
         ("started", when(job.started_at)),

@@ -1,4 +1,4 @@
-"""`freight token add|list|revoke`: manage FREIGHT_API_TOKENS_FILE on the API's host.
+"""`freight token add|list|revoke|quota`: manage FREIGHT_API_TOKENS_FILE on the API's host.
 
 `add` prints the new token once, on stdout alone (so `TOKEN=$(freight token add alice)` works),
 and keeps only its hash. The API rereads the file within a second: no restart is needed.
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.tokens import TokensFileError, add_token, read_tokens, revoke_tokens
+from shared.tokens import TokensFileError, add_token, read_tokens, revoke_tokens, set_quota
 
 
 def add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -34,6 +34,12 @@ def add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     revoke = actions.add_parser("revoke", help="remove every token of NAME")
     revoke.add_argument("name", metavar="NAME")
+    quota = actions.add_parser(
+        "quota", help="set NAME's quota (an option left out: no bound); the API tells the log"
+    )
+    quota.add_argument("name", metavar="NAME")
+    quota.add_argument("--max-gpus", type=int, metavar="N", help="GPUs NAME's jobs hold at once")
+    quota.add_argument("--max-running", type=int, metavar="N", help="NAME's jobs running at once")
 
 
 def run_token_command(args: argparse.Namespace) -> int:
@@ -46,6 +52,8 @@ def run_token_command(args: argparse.Namespace) -> int:
             return _add(path, args.name, "admin" if args.admin else "user", args.json)
         if args.action == "list":
             return _list(path, args.json)
+        if args.action == "quota":
+            return _quota(path, args.name, args.max_gpus, args.max_running)
         removed = revoke_tokens(path, args.name)
     except TokensFileError as exc:
         _error(str(exc))
@@ -71,6 +79,22 @@ def _add(path: Path, name: str, role: str, as_json: bool) -> int:
             "Clients send it as FREIGHT_TOKEN.",
             file=sys.stderr,
         )
+    return 0
+
+
+def _quota(path: Path, name: str, max_gpus: int | None, max_running: int | None) -> int:
+    if any(bound is not None and bound < 0 for bound in (max_gpus, max_running)):
+        _error("a quota is a number ≥ 0")
+        return 2
+    set_quota(path, name, max_gpus, max_running)
+    shown = ", ".join(
+        f"{key}={'none' if value is None else value}"
+        for key, value in (("max_gpus", max_gpus), ("max_running", max_running))
+    )
+    print(
+        f"{name}'s quota is now {shown}; the API tells the scheduler within seconds",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -59,12 +59,46 @@ PRECONDITION_FAILED = 406
 
 @dataclass(frozen=True)
 class Declaration:
-    """One channel call of the topology. `keeps_existing`: a queue that already exists with
-    other arguments (RabbitMQ refuses to change them) is kept as it is, with a warning."""
+    """One channel call of the topology.
+
+    `policy`: the bounds of `arguments` as a RabbitMQ policy's definition. A queue that already
+    exists without them (RabbitMQ refuses to change a queue's arguments) is kept as it is, and
+    the operator is told, once a process, the policy that bounds it."""
 
     method: str
     arguments: dict[str, Any]
-    keeps_existing: bool = False
+    policy: dict[str, Any] | None = None
+
+    @property
+    def keeps_existing(self) -> bool:
+        return self.policy is not None
+
+    @property
+    def queue(self) -> str:
+        return str(self.arguments.get("queue"))
+
+    def policy_command(self) -> str:
+        pattern = "^" + re.escape(self.queue) + "$"
+        return (
+            f"rabbitmqctl set_policy --apply-to queues {self.queue}-bound "
+            f"'{pattern}' '{json.dumps(self.policy)}'"
+        )
+
+    def warn_kept(self) -> None:
+        if self.queue in _warned_kept:
+            return
+        _warned_kept.add(self.queue)
+        log.warning(
+            "queue %r exists without Freight's bounds %s, and RabbitMQ does not change an "
+            "existing queue's arguments: it keeps its old ones. Apply them with a policy "
+            "(docs/deploy.md): %s",
+            self.queue,
+            self.policy,
+            self.policy_command(),
+        )
+
+
+_warned_kept: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -76,6 +110,10 @@ class Topology:
     response_queue_max_length: int = 0  # 0: unbounded
     response_queue_ttl: float = 0.0  # seconds; 0: none
     heartbeat_retention: float = 3600.0  # seconds the heartbeats stream keeps a heartbeat
+    log_retention: float = 0.0  # seconds the events stream keeps an event; 0: for ever
+    log_max_bytes: int = 0  # bytes the events stream keeps at most; 0: no bound
+    log_segment_bytes: int = 64 * 1024 * 1024  # the unit retention deletes in
+    snapshot_retention: float = 3 * 24 * 3600.0  # seconds the snapshots stream keeps one
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -87,15 +125,35 @@ class Topology:
             settings.response_queue_max_length,
             settings.response_queue_ttl,
             settings.heartbeat_retention,
+            settings.log_retention,
+            settings.log_max_bytes,
+            settings.log_segment_bytes,
+            3 * settings.snapshot_interval,
         )
 
     @property
     def heartbeats_stream(self) -> str:
         return f"{self.namespace}.heartbeats"
 
+    @property
+    def snapshots_stream(self) -> str:
+        return f"{self.namespace}.snapshots"
+
     def connection_name(self, role: str) -> str:
         """How RabbitMQ's management tools show a connection: `<namespace>/<role>`."""
         return f"{self.namespace}/{role}"
+
+    def log_bounds(self) -> dict[str, Any]:
+        """The events stream's retention: none by default. With one, a service that joins
+        after the stream was truncated starts from a snapshot (shared/snapshots.py)."""
+        bounds: dict[str, Any] = {}
+        if self.log_retention:
+            bounds["x-max-age"] = f"{max(1, int(self.log_retention))}s"
+        if self.log_max_bytes:
+            bounds["x-max-length-bytes"] = self.log_max_bytes
+        if bounds:
+            bounds["x-stream-max-segment-size-bytes"] = self.log_segment_bytes
+        return bounds
 
     def response_queue_bound(self) -> dict[str, Any]:
         """`job_response`'s arguments: bounded, so that a queue nobody reads cannot fill the
@@ -111,10 +169,17 @@ class Topology:
     def declarations(self) -> list[Declaration]:
         """The topology as channel calls, in order."""
         stream = {"x-queue-type": "stream"}
+        log_bounds = self.log_bounds()
         return [
+            # A stream made before its retention was set keeps none until a policy gives it.
             Declaration(
                 "queue_declare",
-                {"queue": self.events_stream, "durable": True, "arguments": stream},
+                {
+                    "queue": self.events_stream,
+                    "durable": True,
+                    "arguments": {**stream, **log_bounds},
+                },
+                policy=_as_policy(log_bounds) if log_bounds else None,
             ),
             Declaration(
                 "queue_declare",
@@ -129,6 +194,7 @@ class Topology:
                     },
                 },
             ),
+            *self._snapshots_declarations(),
             Declaration(
                 "exchange_declare",
                 {"exchange": self.response_exchange, "exchange_type": "topic", "durable": True},
@@ -141,7 +207,7 @@ class Topology:
                     "durable": True,
                     "arguments": self.response_queue_bound(),
                 },
-                keeps_existing=True,
+                policy=_as_policy(self.response_queue_bound()) or None,
             ),
             Declaration(
                 "queue_bind",
@@ -151,6 +217,22 @@ class Topology:
                     "routing_key": "#",
                 },
             ),
+        ]
+
+    def _snapshots_declarations(self) -> list[Declaration]:
+        """The snapshots stream, needed only by a log with a retention."""
+        if not self.log_bounds():
+            return []
+        arguments = {
+            "x-queue-type": "stream",
+            "x-max-age": f"{max(1, int(self.snapshot_retention))}s",
+            "x-stream-max-segment-size-bytes": self.log_segment_bytes,
+        }
+        return [
+            Declaration(
+                "queue_declare",
+                {"queue": self.snapshots_stream, "durable": True, "arguments": arguments},
+            )
         ]
 
     def declare(self, channel: Any) -> None:
@@ -169,40 +251,15 @@ class Topology:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != PRECONDITION_FAILED:
                 raise
-            self.warn_unbounded()
+            step.warn_kept()
         finally:
             if own.is_open:
                 own.close()
 
-    def warn_unbounded(self) -> None:
-        """Once a process: the operator can bound the existing queue with a policy."""
-        if self.response_queue in _warned_unbounded:
-            return
-        _warned_unbounded.add(self.response_queue)
-        log.warning(
-            "queue %r exists without Freight's bound %s, and RabbitMQ does not change an "
-            "existing queue's arguments: it stays unbounded. Bound it with a policy "
-            "(docs/deploy.md): %s",
-            self.response_queue,
-            self.response_queue_bound(),
-            self.bound_policy_command(),
-        )
 
-    def bound_policy_command(self) -> str:
-        definition = {
-            "max-length": self.response_queue_max_length or None,
-            "overflow": "drop-head" if self.response_queue_max_length else None,
-            "message-ttl": int(self.response_queue_ttl * 1000) or None,
-        }
-        applied = {name: value for name, value in definition.items() if value is not None}
-        pattern = "^" + re.escape(self.response_queue) + "$"
-        return (
-            f"rabbitmqctl set_policy --apply-to queues {self.response_queue}-bound "
-            f"'{pattern}' '{json.dumps(applied)}'"
-        )
-
-
-_warned_unbounded: set[str] = set()
+def _as_policy(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Queue arguments as a policy's definition: the same keys without their `x-`."""
+    return {key.removeprefix("x-"): value for key, value in arguments.items()}
 
 
 def connect(amqp_url: str, name: str, heartbeat: int = 30) -> pika.BlockingConnection:
@@ -481,7 +538,7 @@ class _PublishingLoop:
             # Closed by us once declared, or by the broker's refusal: either way, go on.
             if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
                 if reason.reply_code == PRECONDITION_FAILED:
-                    self._topology.warn_unbounded()
+                    step.warn_kept()
                 else:
                     log.warning("RabbitMQ refused %s %s: %r", step.method, step.arguments, reason)
             if connection.is_open:

@@ -55,6 +55,12 @@ class Settings:
     runner_deadline: float = 30.0
     heartbeat_interval: float = 5.0
     heartbeat_retention: float = 3600.0  # seconds the heartbeats stream keeps them
+    # The events stream's retention (docs/deploy.md): none by default; with one, services
+    # joining later start from a snapshot, taken every `snapshot_interval` seconds.
+    log_retention: float = 0.0
+    log_max_bytes: int = 0
+    log_segment_bytes: int = 64 * 1024 * 1024
+    snapshot_interval: float = 24 * 3600.0
     stop_grace: float = 10.0
     job_network: str = "none"
     job_workdir: str = "/job"
@@ -174,6 +180,12 @@ class Settings:
             heartbeat_retention=number(
                 "HEARTBEAT_RETENTION", defaults.heartbeat_retention, minimum=1
             ),
+            log_retention=number("LOG_RETENTION", defaults.log_retention),
+            log_max_bytes=int(number("LOG_MAX_BYTES", defaults.log_max_bytes, int)),
+            log_segment_bytes=int(
+                number("LOG_SEGMENT_BYTES", defaults.log_segment_bytes, int, minimum=4096)
+            ),
+            snapshot_interval=number("SNAPSHOT_INTERVAL", defaults.snapshot_interval, minimum=1),
             stop_grace=number("STOP_GRACE", defaults.stop_grace),
             job_network=network,
             job_workdir=text("JOB_WORKDIR", defaults.job_workdir),

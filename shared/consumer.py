@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, Protocol, cast
 
 import pika
 import sqlalchemy as sa
@@ -30,17 +30,17 @@ from shared.bus import AMQP_ERRORS, Topology, connect
 from shared.config import Settings
 from shared.db import ConcurrencyError
 from shared.dead_letters import prune_dead_letters, record_failed_replay, requested_replays
-from shared.events import Event, decode, utcnow
+from shared.events import Event, Logged, decode, utcnow
 from shared.metrics import BrokerUnreachable, StreamTail
+from shared.snapshots import (
+    LogTruncated,
+    LogUnusable,
+    first_offset,
+    newest_snapshot,
+    snapshot_events,
+)
 
 log = logging.getLogger(__name__)
-
-
-class Logged(NamedTuple):
-    """An event and its position (offset) in the log."""
-
-    event: Event
-    position: int
 
 
 class Projection(Protocol):
@@ -74,7 +74,7 @@ DATABASE_FAULTS = (
 PRUNE_INTERVAL = 60.0
 
 
-class LogBehindProjection(RuntimeError):
+class LogBehindProjection(LogUnusable):
     """The database has applied events past the stream's end: the stream was deleted and
     recreated, or lost a tail never flushed to disk. Consuming would skip events silently."""
 
@@ -151,6 +151,8 @@ class StreamConsumer:
     def _consume(self, stop: threading.Event) -> None:
         self._buffer = []
         self._position = self._stored_position()
+        if self._position is None and self._projection.start_at == "first":
+            self._position = self._start_from_snapshot()
         start: Any = self._projection.start_at if self._position is None else self._position + 1
         connection = connect(
             self._url, self._topology.connection_name(f"{self._projection.consumer}-consumer")
@@ -272,6 +274,33 @@ class StreamConsumer:
         database) may commit the same rows first: a duplicate key is then the offset conflict
         seen early, and the batch is retried from the stored position."""
         return self._stored_position() != self._position
+
+    def _start_from_snapshot(self) -> int | None:
+        """A new projection of a stream that no longer starts at offset 0 folds the newest
+        snapshot that reaches the stream's start, in one transaction with the snapshot's
+        position as its offset; returns that position (None: the stream is whole)."""
+        consumer = self._projection.consumer
+        first = first_offset(self._url, self._topology, consumer)
+        if not first:
+            return None
+        # Without a retention of its own (FREIGHT_LOG_RETENTION), no snapshot was ever taken.
+        bounded = bool(self._topology.log_bounds())
+        ref = newest_snapshot(self._url, self._topology, first, consumer) if bounded else None
+        if ref is None:
+            raise LogTruncated(
+                f"{consumer}: the stream {self._topology.events_stream} now starts at offset "
+                f"{first} (its retention dropped the rest), and no snapshot in "
+                f"{self._topology.snapshots_stream} reaches it, so this new projection cannot "
+                "be built. Start it from a copy of another instance's database, or keep the "
+                "API running (it takes the snapshots) with FREIGHT_LOG_RETENTION set as the "
+                "stream's and FREIGHT_SNAPSHOT_INTERVAL well below it."
+            )
+        log.info("%s: starting from snapshot at offset %d", consumer, ref.position)
+        with Session(self._engine) as session, session.begin():
+            for part in snapshot_events(self._url, self._topology, ref, consumer):
+                self._projection.apply_batch(session, part)
+            self._store_position(session, ref.position)
+        return ref.position
 
     def _refuse_a_log_behind(self) -> None:
         refuse_a_log_behind(

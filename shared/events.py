@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 SCHEMA_VERSION = 1
 
@@ -28,6 +28,7 @@ class EventType(StrEnum):
     RUNNER_HEARTBEAT = "RunnerHeartbeat"
     RUNNER_LOST = "RunnerLost"
     RUNNER_STARTED = "RunnerStarted"
+    OWNER_QUOTA_SET = "OwnerQuotaSet"
     SCHEDULER_STARTED = "SchedulerStarted"
     FILESTORE_STARTED = "FilestoreStarted"
 
@@ -56,6 +57,13 @@ class Event:
             "schema_version": self.schema_version,
             "data": dict(self.data),
         }
+
+
+class Logged(NamedTuple):
+    """An event and its position (offset) in the log."""
+
+    event: Event
+    position: int
 
 
 def utcnow() -> datetime:

@@ -14,20 +14,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+# The five states users see are part of the job model the API and the SDK share.
+from freight.jobspec import Status
 from shared.events import Event, EventType
-
-
-class Status(StrEnum):
-    QUEUED = "QUEUED"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETE = "COMPLETE"
-    FAILED = "FAILED"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (Status.COMPLETE, Status.FAILED)
-
 
 ACTIVE = (Status.PENDING, Status.RUNNING)
 UNFINISHED = (Status.QUEUED, Status.PENDING, Status.RUNNING)
@@ -52,6 +41,9 @@ class JobView:
     command: str
     image: str
     created_at: datetime
+    name: str | None = None  # the user's short name for it
+    labels: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 0  # higher goes first (services/scheduler/fairshare.py)
     gpus: int | None = None
     gpu_memory: int | None = None  # MiB each assigned GPU must have
     cpus: float | None = None
@@ -84,6 +76,7 @@ class JobView:
             if isinstance(value, datetime):
                 out[key] = value.isoformat()
         out["env"] = dict(self.env)
+        out["labels"] = dict(self.labels)
         out["secret_env"] = dict(self.secret_env)
         out["files"] = [dict(f) for f in self.files]
         out["assigned_gpus"] = [dict(g) for g in self.assigned_gpus]
@@ -154,6 +147,9 @@ def _submitted(event: Event) -> JobView:
         command=data["command"],
         image=data["image"],
         created_at=event.occurred_at,
+        name=data.get("name"),
+        labels=dict(data.get("labels") or {}),
+        priority=int(data.get("priority") or 0),
         gpus=data.get("gpus"),
         gpu_memory=data.get("gpu_memory"),
         cpus=data.get("cpus"),

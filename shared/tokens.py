@@ -3,6 +3,10 @@
 One JSON object per line, `{"name": "alice", "role": "user", "token_sha256": "..."}`. Only a
 token's SHA-256 is kept: a token is 32 random bytes, so its hash cannot be guessed back, and a
 leaked file lets nobody in. `freight token add` writes it (created 0600); the API reads it.
+
+A user's quota is a line of its own, `{"quota": "alice", "max_gpus": 2, "max_running": 5}`
+(null: no bound), written by `freight token quota`; the API announces it in the log
+(`OwnerQuotaSet`), where the scheduler reads it.
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ def parse_tokens(lines: Sequence[str], source: str) -> list[TokenEntry]:
             continue
         try:
             raw = json.loads(line)
+            if isinstance(raw, dict) and "quota" in raw:
+                continue  # read_quotas' business
             entry = TokenEntry(str(raw["name"]), str(raw["role"]), str(raw["token_sha256"]))
         except (ValueError, KeyError, TypeError):
             raise TokensFileError(
@@ -132,6 +138,62 @@ def revoke_tokens(path: Path, name: str) -> int:
             os.ftruncate(fd, 0)
             os.write(fd, "".join(kept).encode())
     return removed
+
+
+QUOTA_KEYS = ("max_gpus", "max_running")
+Quotas = dict[str, dict[str, int | None]]  # user -> {max_gpus, max_running}
+
+
+def read_quotas(path: Path) -> Quotas:
+    """Each user's quota as the file has it now (the last line for a user wins)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise TokensFileError(f"tokens file {path} cannot be read: {exc.strerror}") from None
+    return parse_quotas(lines, str(path))
+
+
+def parse_quotas(lines: Sequence[str], source: str) -> Quotas:
+    quotas: Quotas = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            continue  # parse_tokens says what is wrong with it
+        if not isinstance(raw, dict) or "quota" not in raw:
+            continue
+        quota: dict[str, int | None] = {}
+        for key in QUOTA_KEYS:
+            value = raw.get(key)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise TokensFileError(f"{source} line {number}: {key} must be an integer ≥ 0")
+            quota[key] = value
+        quotas[check_name(str(raw["quota"]))] = quota
+    return quotas
+
+
+def set_quota(path: Path, name: str, max_gpus: int | None, max_running: int | None) -> None:
+    """Replace `name`'s quota line (None: no bound; both None keeps a line that lifts it, so
+    the lift is announced even by an API started later)."""
+    check_name(name)
+    line = json.dumps(
+        {"quota": name, "max_gpus": max_gpus, "max_running": max_running},
+        separators=(",", ":"),
+    )
+    with _locked(path) as fd:
+        kept = [
+            old
+            for old in _read_fd(fd).splitlines(keepends=True)
+            if name not in parse_quotas([old], str(path))
+        ]
+        text = "".join(kept)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, (text + line + "\n").encode())
 
 
 def _append(path: Path, line: str) -> None:

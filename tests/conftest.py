@@ -69,12 +69,33 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield from _fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
 
 
+class Namespaces:
+    """The streams and queues of tests that are over, deleted a few dozen at a time: deleting a
+    stream is slow, but every stream holds files open on the broker, and RabbitMQ's default
+    limit of 1024 open files is reached by a few hundred of them."""
+
+    BATCH = 25
+
+    def __init__(self, amqp_url: str):
+        self._url = amqp_url
+        self._finished: list[Settings] = []
+
+    def finished(self, settings: Settings) -> None:
+        self._finished.append(settings)
+        if len(self._finished) >= self.BATCH:
+            self.delete()
+
+    def delete(self) -> None:
+        finished, self._finished = self._finished, []
+        if finished:
+            _delete_topologies(self._url, finished)
+
+
 @pytest.fixture(scope="session")
-def used_namespaces(amqp_url: str) -> Iterator[list[Settings]]:
-    """Every test's stream and queues, deleted once at the end: deleting a stream is slow."""
-    used: list[Settings] = []
-    yield used
-    _delete_topologies(amqp_url, used)
+def used_namespaces(amqp_url: str) -> Iterator[Namespaces]:
+    namespaces = Namespaces(amqp_url)
+    yield namespaces
+    namespaces.delete()
 
 
 def fresh_settings(amqp_url: str, home: Path) -> Settings:
@@ -98,10 +119,10 @@ def fresh_settings(amqp_url: str, home: Path) -> Settings:
 
 
 @pytest.fixture
-def settings(amqp_url: str, tmp_path: Path, used_namespaces: list[Settings]) -> Settings:
+def settings(amqp_url: str, tmp_path: Path, used_namespaces: Namespaces) -> Iterator[Settings]:
     configured = fresh_settings(amqp_url, tmp_path / "home")
-    used_namespaces.append(configured)
-    return configured
+    yield configured
+    used_namespaces.finished(configured)
 
 
 def _delete_topologies(amqp_url: str, used: list[Settings]) -> None:
@@ -112,6 +133,7 @@ def _delete_topologies(amqp_url: str, used: list[Settings]) -> None:
             for kind, name in (
                 ("queue", settings.events_stream),
                 ("queue", f"{settings.namespace}.heartbeats"),
+                ("queue", f"{settings.namespace}.snapshots"),
                 ("queue", settings.response_queue),
                 ("exchange", settings.response_exchange),
             ):

@@ -8,10 +8,14 @@ import falcon
 
 from services.api import auth, errors, health
 from services.api.admission import Admission
+from services.api.apidocs import ApiDocs
 from services.api.files import JobFiles
 from services.api.jobs import ApiDeps, Job, JobEvents, Jobs
 from services.api.logs import JobLogs
 from services.api.openapi import OpenApi
+from services.api.runner_list import RunnerList
+from services.api.ui import Dashboard
+from services.api.usage import Usage
 
 
 class ClientTimeout:
@@ -54,6 +58,15 @@ def create_app(deps: ApiDeps, admission: Admission | None = None) -> falcon.App:
     app.add_route("/files", files)
     app.add_route("/jobs/{job_id}/files", files)
     app.add_route("/jobs/{job_id}/logs", JobLogs(deps))
+    app.add_route("/usage", Usage(deps.jobs))
     health.install(app, deps.monitor)  # /healthz, /readyz, /metrics
     app.add_route("/openapi.json", OpenApi())
+    docs = ApiDocs()
+    app.add_route("/docs", docs)
+    app.add_route("/docs/{asset}", docs)
+    if deps.runners is not None:
+        app.add_route("/runners", RunnerList(deps))
+    dashboard = Dashboard()  # docs/dashboard.md
+    app.add_route("/ui", dashboard)
+    app.add_route("/ui/{name}", dashboard)
     return app

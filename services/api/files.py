@@ -1,19 +1,20 @@
-"""A job's files: `GET /files?job_id=ID&path=/abs` and `GET /jobs/{id}/files?path=/abs`.
+"""Files: `GET /files?job_id=ID&path=/abs`, `GET /jobs/{id}/files?path=/abs`, and the original
+document's `GET /files?path=/abs`.
 
-A file answers with its bytes, streamed; a directory with its top-level entries. While the job
-runs they are read live from its container, through its runner; once it has ended, from what
-its runner saved (JobOutputsSaved, kept in `api_job_files`) and the filestore's blobs. Nothing
-here touches a disk: every byte comes over RabbitMQ.
+A file answers with its bytes, streamed; a directory with its top-level entries. With a job, while
+it runs they are read live from its container, through its runner; once it has ended, from what
+its runner saved (JobOutputsSaved, kept in `api_job_files`) and the filestore's blobs. Without
+one, from the newest version saved by any of the caller's jobs (`api_owner_files`, see
+services/api/owner_files.py). Nothing here touches a disk: every byte comes over RabbitMQ.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mimetypes
 import posixpath
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import falcon
@@ -24,6 +25,7 @@ from services.api import schema
 from services.api.auth import caller_of
 from services.api.errors import ApiError, bad_request, not_found
 from services.api.jobs import ApiDeps, find_job
+from services.api.owner_files import DELETED, OwnerFiles, Version, path_key
 from shared import filestore_protocol as protocol
 from shared.events import Event
 from shared.job_paths import InvalidPath, parent_of, requested_path
@@ -35,10 +37,8 @@ log = logging.getLogger(__name__)
 MAX_SYMLINK_HOPS = 8
 # How long a read that finds the container just removed waits for the API to see the job end.
 SETTLE_SECONDS = 10.0
-
-
-def path_key(path: str) -> str:
-    return hashlib.sha1(path.encode(errors="surrogateescape")).hexdigest()
+# Names the job whose version of a path `GET /files` without `job_id` served.
+JOB_HEADER = "X-Freight-Job-Id"
 
 
 # -- the projection's side: what each attempt saved --------------------------------------------
@@ -78,10 +78,11 @@ def _row(job_id: Any, attempt: int, entry: Mapping[str, Any], skipped: str | Non
 
 
 class OutputStore:
-    """Reads of the saved manifests."""
+    """Reads of the saved manifests: each attempt's, and (`by_owner`) each owner's newest."""
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
+        self.by_owner = OwnerFiles(engine)
 
     def entry(self, job_id: str, attempt: int, path: str) -> Any:
         table = schema.job_files
@@ -134,21 +135,20 @@ def entry_json(row: Any) -> dict[str, Any]:
 
 
 class JobFiles:
-    """`/files` (with `job_id`) and `/jobs/{job_id}/files`."""
+    """`/files` and `/jobs/{job_id}/files`."""
 
     def __init__(self, deps: ApiDeps):
         self._deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str | None = None) -> None:
         job_id = job_id or req.get_param("job_id")
-        if not job_id:
-            raise bad_request(
-                "job_id is required: files belong to a job, as in /files?job_id=ID&path=/job"
-            )
         try:
             path = requested_path(req.get_param("path"))
         except InvalidPath as exc:
             raise bad_request(f"path {exc}") from None
+        if not job_id:
+            self._serve_owners(_owner_asked(req), path, resp)
+            return
         view = find_job(self._deps, job_id, caller_of(req))
         if view.status == Status.RUNNING:
             if self._serve_live(view, path, resp):
@@ -198,12 +198,9 @@ class JobFiles:
         outputs = self._deps.outputs
         assert outputs is not None
         job_id, attempt = view.job_id, view.attempt
-        entry = outputs.entry(job_id, attempt, path)
-        for _ in range(MAX_SYMLINK_HOPS):
-            if entry is None or entry.type != "symlink" or not entry.target:
-                break
-            target = posixpath.join(parent_of(entry.path), entry.target)
-            entry = outputs.entry(job_id, attempt, posixpath.normpath(target))
+        entry = _followed(
+            outputs.entry(job_id, attempt, path), lambda p: outputs.entry(job_id, attempt, p)
+        )
         if entry is not None and entry.skipped:
             raise not_found(f"job {job_id} did not save {path}: {entry.skipped}")
         if entry is not None and entry.type == "file":
@@ -216,6 +213,26 @@ class JobFiles:
                 f"job {job_id} has no {path}" + ("" if saved else " (it saved no files)")
             )
         resp.media = {"path": path, "entries": [entry_json(c) for c in children]}
+
+    def _serve_owners(self, owner: str, path: str, resp: falcon.Response) -> None:
+        """The owner's newest saved version of the path, whichever job saved it."""
+        assert self._deps.outputs is not None
+        files = self._deps.outputs.by_owner
+        version = _followed(files.version(owner, path), lambda p: files.version(owner, p))
+        if version is not None and version.type == DELETED:
+            raise not_found(f"{path} was deleted by job {version.job_id}")
+        if version is not None and version.skipped:
+            raise not_found(f"job {version.job_id} did not save {path}: {version.skipped}")
+        if version is not None and version.type == "file":
+            resp.set_header(JOB_HEADER, version.job_id)
+            self._send_blob(resp, path, version)
+            return
+        listing = files.children(owner, version.path if version else path)
+        if version is None and not listing.entries:
+            raise not_found(f"none of {owner}'s jobs has {path}")
+        resp.media = {"path": path, "entries": [_owned_entry_json(v) for v in listing.entries]}
+        if listing.truncated:
+            resp.media["truncated"] = True
 
     def _send_blob(self, resp: falcon.Response, path: str, entry: Any) -> None:
         filestore = self._deps.filestore
@@ -234,6 +251,28 @@ class JobFiles:
         except TransferError as exc:
             raise _unavailable(f"the filestore did not answer: {exc}") from None
         _send_file(resp, path, int(stream.head["size"]), stream)
+
+
+def _owner_asked(req: falcon.Request) -> str:
+    """Whose files: the caller's own; an admin may name another owner with `?owner=`."""
+    caller = caller_of(req)
+    owner = req.get_param("owner") or caller.name
+    if owner != caller.name and not caller.is_admin:
+        raise ApiError(falcon.HTTP_403, "forbidden", "only an admin may read another owner's files")
+    return owner
+
+
+def _followed(entry: Any, lookup: Callable[[str], Any]) -> Any:
+    """The entry, or what the symlink it is leads to (up to MAX_SYMLINK_HOPS links)."""
+    for _ in range(MAX_SYMLINK_HOPS):
+        if entry is None or entry.type != "symlink" or not entry.target:
+            break
+        entry = lookup(posixpath.normpath(posixpath.join(parent_of(entry.path), entry.target)))
+    return entry
+
+
+def _owned_entry_json(version: Version) -> dict[str, Any]:
+    return {**entry_json(version), "job_id": version.job_id}
 
 
 def _send_file(resp: falcon.Response, path: str, size: int, stream: IncomingStream) -> None:

@@ -6,9 +6,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlencode
 
 import falcon
 
+from freight.jobspec import Submitted
 from services.api.auth import Caller, caller_of
 from services.api.errors import ApiError, bad_request, not_found
 from services.api.forms import read_fields
@@ -21,6 +23,7 @@ from services.api.idempotency import (
     idempotency_key,
     job_for_key,
 )
+from services.api.runners import RunnerStore
 from services.api.store import JobStore, RecentSubmissions
 from services.api.submission import InvalidRequest, JobRequest, parse_job_request
 from services.api.uploads import InputUploads
@@ -57,15 +60,20 @@ class ApiDeps:
     filestore: FilestoreClient | None = None
     runner_files: RunnerFilesClient | None = None
     outputs: OutputStore | None = None
+    runners: RunnerStore | None = None  # GET /runners; absent in tests that need none
 
 
 def present(view: JobView) -> dict[str, Any]:
-    """A job as users see it: the document's `job_id` and `status`, and the rest of its life."""
+    """A job as users see it: the document's `job_id` and `status`, and the rest of its life.
+    Its fields are freight.jobspec.Job's (tests/unit/test_job_model.py holds them together);
+    built by hand rather than through the model, since a page may list a thousand."""
     raw = view.to_dict()
     return {
         "job_id": view.job_id,
         "status": view.status.value,
         "owner": view.owner,
+        "name": view.name,
+        "labels": raw["labels"],
         "command": view.command,
         "image": view.image,
         "gpus": view.gpus,
@@ -76,6 +84,7 @@ def present(view: JobView) -> dict[str, Any]:
         "secret_env": masked(view.secret_env),
         "timeout": view.timeout,
         "max_attempts": view.max_attempts,
+        "priority": view.priority,
         "created_at": raw["created_at"],
         "started_at": raw["started_at"],
         "finished_at": raw["finished_at"],
@@ -159,14 +168,16 @@ class Jobs:
         statuses = _statuses(requested)
         limit = _int_param(req, "limit", default=100, minimum=1, maximum=MAX_PAGE)
         cursor = _int_param(req, "cursor", default=None, minimum=0, maximum=MAX_CURSOR)
-        caller = caller_of(req)
-        owner = None if caller.is_admin else caller.name  # a user lists their own jobs only
+        owner = _owner_listed(req, caller_of(req))
         page = self._deps.jobs.page(statuses, limit, cursor, owner=owner)
         next_url = None
         if page.next_cursor is not None:
-            status = ",".join(requested)
-            next_url = f"/jobs?limit={limit}&cursor={page.next_cursor}"
-            next_url += f"&status={status}" if status else ""
+            query: dict[str, Any] = {"limit": limit, "cursor": page.next_cursor}
+            if requested:
+                query["status"] = ",".join(requested)
+            if req.get_param("owner"):
+                query["owner"] = owner
+            next_url = f"/jobs?{urlencode(query)}"
         resp.media = {
             "count": page.total,
             "results": [present(v) for v in page.jobs],
@@ -243,16 +254,12 @@ def _append_submission(log: EventLog, submitted: Event, keyed: bool) -> None:
 def _answer_submitted(resp: falcon.Response, view: JobView, replayed: bool) -> None:
     """201 with the job as it was accepted, which a replay answers again word for word (what
     became of the job since: GET /jobs/{id})."""
-    body: dict[str, Any] = {
-        "job_id": view.job_id,
-        "command": view.command,
-        "status": Status.QUEUED.value,
-    }
-    if view.gpus is not None:
-        body["gpus"] = view.gpus
+    submitted = Submitted(
+        job_id=view.job_id, command=view.command, status=Status.QUEUED, gpus=view.gpus
+    )
     resp.status = falcon.HTTP_201
     resp.location = f"/jobs/{view.job_id}"
-    resp.media = body
+    resp.media = submitted.model_dump(mode="json", exclude_none=True)
     if replayed:
         resp.set_header(REPLAYED_HEADER, "true")
 
@@ -286,6 +293,16 @@ def _without_secrets(event: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict) or not data.get("secret_env"):
         return event
     return {**event, "data": {**data, "secret_env": masked(data["secret_env"])}}
+
+
+def _owner_listed(req: falcon.Request, caller: Caller) -> str | None:
+    """Whose jobs to list: a user's own only; an admin's every owner's, or `?owner=`'s."""
+    asked = req.get_param("owner") or None
+    if caller.is_admin:
+        return asked
+    if asked is not None and asked != caller.name:
+        raise ApiError(falcon.HTTP_403, "forbidden", "only an admin may list another owner's jobs")
+    return caller.name
 
 
 def _statuses(values: list[str]) -> list[Status] | None:

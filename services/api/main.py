@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import falcon
@@ -19,7 +20,9 @@ from services.api.health import ApiMetrics, Monitor, max_lag_from_env
 from services.api.jobs import ApiDeps
 from services.api.projection import ApiProjection
 from services.api.projector import project_while_leading, projector_role
-from services.api.runners import RunnerBoard
+from services.api.quotas import QuotaAnnouncer
+from services.api.runners import RunnerBoard, RunnerStore
+from services.api.snapshots import SnapshotTaker
 from services.api.store import JobStore, RecentSubmissions
 from shared.bus import Publisher, Topology, connect
 from shared.config import Settings
@@ -30,7 +33,7 @@ from shared.consumer import (
     stored_position,
 )
 from shared.db import create_engine, migrate
-from shared.events import EventFactory
+from shared.events import EventFactory, utcnow
 from shared.filestore_client import FilestoreClient, RunnerFilesClient
 from shared.heartbeats import HeartbeatListener
 from shared.leader import LeaderLock
@@ -47,7 +50,22 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
     topology = Topology.from_settings(settings)
     publisher = Publisher(settings.amqp_url, topology, "api", settings.publish_timeout)
     projection = RunnerBoard(
-        ApiProjection(engine, publisher, settings.response_exchange),
+        ApiProjection(
+            engine,
+            publisher,
+            settings.response_exchange,
+            chores=[
+                SnapshotTaker(
+                    engine,
+                    publisher,
+                    topology,
+                    settings.snapshot_interval,
+                    timedelta(seconds=settings.file_retention),
+                    clock=utcnow,
+                ),
+                QuotaAnnouncer(settings.api_tokens_file, publisher, EventFactory("api")),
+            ],
+        ),
         engine,
         HeartbeatListener(settings.amqp_url, topology, "api"),
     )
@@ -87,6 +105,7 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
         filestore=FilestoreClient(files, settings.namespace),
         runner_files=RunnerFilesClient(files, settings.namespace),
         outputs=OutputStore(engine),
+        runners=RunnerStore(engine),
     )
     admission = Admission.from_settings(settings)
     metrics.watch(AdmissionCollector(admission))

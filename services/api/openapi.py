@@ -1,23 +1,31 @@
 """`GET /openapi.json`: the OpenAPI 3.1 description of every route.
 
-tests/unit/test_openapi.py holds it to the app's routes both ways, so a new route fails the suite
-until it is described here."""
+The routes are written here as data; the job's schemas (what `POST /jobs` accepts, what it
+answers, what `GET /jobs/{id}` shows) are generated from the job model, freight/jobspec.py, the
+one the API validates with and the SDK is built on. tests/unit/test_openapi.py holds the
+document to the app's routes both ways, so a new route fails the suite until it is described
+here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import falcon
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
+from freight.jobspec import Job, JobSpec, Submitted
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KEY_LIFETIME, REPLAYED_HEADER
-from services.api.submission import MAX_TIMEOUT_SECONDS
 
 JSON = "application/json"
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF_TEMPLATE.format(model=name)}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -74,95 +82,6 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "Status": {
-        "type": "string",
-        "enum": ["QUEUED", "PENDING", "RUNNING", "COMPLETE", "FAILED"],
-        "description": "QUEUED: accepted, waiting for capacity. PENDING: given to a runner, "
-        "being prepared. RUNNING: container started. COMPLETE: exit code 0. FAILED: any other "
-        "end; `reason` says why (exit code N, cancelled, timed out, lost, freight error).",
-    },
-    "Submission": {
-        "type": "object",
-        "required": ["command"],
-        "properties": {
-            "command": {"type": "string", "description": "Shell command run with `sh -c`."},
-            "gpus": {"type": "integer", "minimum": 0},
-            "image": {"type": "string", "description": "Container image; server default."},
-            "env": {
-                "description": "An object, or (in a form) repeated `KEY=VALUE` fields.",
-                "oneOf": [
-                    {"type": "object", "additionalProperties": {"type": "string"}},
-                    {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$"}},
-                    {"type": "string", "pattern": "^[^=]+=.*$"},
-                ],
-            },
-            "secret_env": {
-                "description": "Like `env`, but stored sealed (FREIGHT_SECRET_KEY) and shown by "
-                "name only; refused with 400 where the server has no key.",
-                "oneOf": [
-                    {"type": "object", "additionalProperties": {"type": "string"}},
-                    {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$"}},
-                    {"type": "string", "pattern": "^[^=]+=.*$"},
-                ],
-            },
-            "timeout": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "maximum": MAX_TIMEOUT_SECONDS,
-                "description": "Seconds the job may run (at most 30 days).",
-            },
-            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 10},
-        },
-    },
-    "MultipartSubmission": {
-        "allOf": [_ref("Submission")],
-        "properties": {
-            "file[]": {
-                "type": "array",
-                "items": {"type": "string", "contentMediaType": "application/octet-stream"},
-                "description": "Input files; each part's filename is its destination path in "
-                "the job (relative paths land under /job).",
-            }
-        },
-    },
-    "Submitted": {
-        "type": "object",
-        "required": ["job_id", "command", "status"],
-        "properties": {
-            "job_id": {"type": "string"},
-            "command": {"type": "string"},
-            "status": _ref("Status"),
-            "gpus": {"type": "integer", "description": "Present when GPUs were asked for."},
-        },
-    },
-    "Job": {
-        "type": "object",
-        "required": ["job_id", "status", "command"],
-        "properties": {
-            "job_id": {"type": "string"},
-            "status": _ref("Status"),
-            "owner": {"type": "string", "description": "The user whose token submitted it."},
-            "command": {"type": "string"},
-            "image": {"type": "string"},
-            "gpus": {"type": ["integer", "null"]},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-            "secret_env": {
-                "type": "object",
-                "additionalProperties": {"const": "***"},
-                "description": "The secret variables' names; their values are never shown.",
-            },
-            "timeout": {"type": ["number", "null"]},
-            "max_attempts": {"type": "integer"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": NULLABLE_TIME,
-            "finished_at": NULLABLE_TIME,
-            "exit_code": {"type": ["integer", "null"]},
-            "reason": NULLABLE_STR,
-            "runner": NULLABLE_STR,
-            "attempt": {"type": ["integer", "null"]},
-            "assigned_gpus": {"type": "array", "items": {"type": "object"}},
-        },
-    },
     "JobList": {
         "type": "object",
         "required": ["count", "results", "next"],
@@ -215,6 +134,71 @@ SCHEMAS: dict[str, Any] = {
             "target": {"type": "string", "description": "A symlink's target."},
         },
     },
+    "Runner": {
+        "type": "object",
+        "properties": {
+            "runner_id": {"type": "string"},
+            "state": {"type": "string", "enum": ["live", "silent", "lost"]},
+            "last_heartbeat": {"type": "string", "format": "date-time"},
+            "slots": {"type": "integer"},
+            "slots_free": {"type": "integer"},
+            "gpus": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": ["integer", "null"]},
+                        "uuid": {"type": ["string", "null"]},
+                        "name": {"type": ["string", "null"]},
+                        "memory_mb": {"type": ["integer", "null"]},
+                        "held": {"type": "boolean"},
+                    },
+                },
+            },
+            "cpus": {"type": ["number", "null"]},
+            "cpus_free": {"type": ["number", "null"]},
+            "memory_mb": {"type": ["integer", "null"]},
+            "memory_free_mb": {"type": ["integer", "null"]},
+            "jobs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"job_id": {"type": "string"}, "attempt": {"type": "integer"}},
+                },
+            },
+        },
+    },
+    "RunnerList": {
+        "type": "object",
+        "required": ["count", "results"],
+        "properties": {
+            "count": {"type": "integer"},
+            "results": {"type": "array", "items": _ref("Runner")},
+        },
+    },
+    "UsageList": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["owner", "jobs", "run_seconds", "gpu_seconds", "cpu_seconds"],
+                    "properties": {
+                        "owner": {"type": "string"},
+                        "jobs": {"type": "integer", "description": "Jobs ended."},
+                        "run_seconds": {"type": "number"},
+                        "gpu_seconds": {"type": "number", "description": "Run × GPUs given."},
+                        "cpu_seconds": {
+                            "type": "number",
+                            "description": "Run × CPUs asked for (one if none).",
+                        },
+                    },
+                },
+            }
+        },
+    },
     "FileListing": {
         "type": "object",
         "required": ["path", "entries"],
@@ -224,6 +208,38 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+def _model_schemas() -> dict[str, Any]:
+    """Submission, MultipartSubmission, Submitted, Job and what they refer to (Status,
+    AssignedGpu), from the models: a request as validated, an answer as serialized."""
+    models: dict[str, tuple[type[BaseModel], JsonSchemaMode]] = {
+        "Submission": (JobSpec, "validation"),
+        "Submitted": (Submitted, "serialization"),
+        "Job": (Job, "serialization"),
+    }
+    schemas: dict[str, Any] = {}
+    for name, (model, mode) in models.items():
+        schema = model.model_json_schema(mode=mode, ref_template=REF_TEMPLATE)
+        schemas |= schema.pop("$defs", {})
+        schemas[name] = schema
+    submission = schemas["Submission"]
+    schemas["MultipartSubmission"] = {
+        **submission,
+        "title": "MultipartSubmission",
+        # A form's file parts sit beside the model's fields, not in them.
+        "properties": {**submission["properties"], "file[]": FILE_PARTS},
+    }
+    return schemas
+
+
+FILE_PARTS = {
+    "type": "array",
+    "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+    "description": "Input files; each part's filename is its destination path in the job "
+    "(relative paths land under /job).",
+}
+SCHEMAS |= _model_schemas()
 
 IDEMPOTENCY_KEY = {
     "name": IDEMPOTENCY_HEADER,
@@ -283,6 +299,12 @@ LIST = {
             "schema": {"type": "string"},
             "description": "Comma-separated statuses, or `all`. Default: the unfinished ones.",
         },
+        {
+            "name": "owner",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "Only this user's jobs (an admin may name anyone; a user, themself).",
+        },
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
         {
             "name": "cursor",
@@ -301,7 +323,7 @@ PATH = {
     "description": "Absolute path in the job's file system, e.g. /job/out.txt.",
 }
 
-FILES = {
+FILES: dict[str, Any] = {
     "summary": "A file's bytes, or a directory's top-level entries",
     "description": "Read live from the container while the job runs, from what it saved once "
     "it has ended. A file comes with Content-Length and Content-Disposition; a directory as "
@@ -404,8 +426,82 @@ PATHS: dict[str, Any] = {
         "get": {
             **FILES,
             "operationId": "getFile",
-            "description": "The original document's `/files`, scoped to a job by `job_id`.",
-            "parameters": [{**JOB_ID, "in": "query"}, PATH],
+            "description": "The original document's `/files`. With `job_id`, that job's files. "
+            "Without, the caller's jobs share one file system: the newest version any of them "
+            "saved (inputs, and what ended jobs wrote), a file naming its job in "
+            "`X-Freight-Job-Id`, a listing's entries each with their `job_id`.",
+            "parameters": [
+                {
+                    **JOB_ID,
+                    "in": "query",
+                    "required": False,
+                    "description": "The job whose files to read; without it, the caller's.",
+                },
+                PATH,
+                {
+                    "name": "owner",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Without `job_id`: whose jobs (an admin's choice; others get "
+                    "403 for anyone but themselves).",
+                },
+            ],
+            "responses": {
+                **FILES["responses"],
+                "403": _json(_ref("Error"), "`owner` names another user; only an admin may."),
+            },
+        }
+    },
+    "/runners": {
+        "get": {
+            "operationId": "listRunners",
+            "summary": "Every runner: state, slots, GPUs, CPUs, memory, last heartbeat",
+            "description": "Any token sees every runner; of the jobs running on them, a user "
+            "sees their own only, an admin all.",
+            "responses": {"200": _json(_ref("RunnerList"), "The runners."), **_errors()},
+        }
+    },
+    "/usage": {
+        "get": {
+            "operationId": "usage",
+            "summary": "What each owner's ended jobs used: run, GPU- and CPU-seconds",
+            "description": "A fold of the log, the same after any rebuild. A user sees their own "
+            "row; an admin every owner's, or `owner`'s.",
+            "parameters": [
+                {"name": "owner", "in": "query", "required": False, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": _json(_ref("UsageList"), "Most GPU-seconds first."),
+                "403": _json(_ref("Error"), "`owner` names another user; only an admin may."),
+                **_errors(),
+            },
+        }
+    },
+    "/ui": {
+        "get": {
+            "operationId": "dashboard",
+            "summary": "The dashboard (an HTML page; it asks for a token and sends it itself)",
+            "security": [],
+            "responses": {
+                "200": {"description": "The page.", "content": {"text/html": {}}},
+                "304": {"description": "Not modified since the ETag sent."},
+            },
+        }
+    },
+    "/ui/{name}": {
+        "get": {
+            "operationId": "dashboardAsset",
+            "summary": "The dashboard's script, style and icon",
+            "security": [],
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "The file."},
+                "304": {"description": "Not modified since the ETag sent."},
+                "404": _json(_ref("Error"), "No such file."),
+            },
         }
     },
     "/healthz": {
@@ -437,6 +533,38 @@ PATHS: dict[str, Any] = {
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
                 **_errors(503),
+            },
+        }
+    },
+    "/docs": {
+        "get": {
+            "operationId": "docs",
+            "summary": "This document in Swagger UI, served from the API itself (no CDN)",
+            "responses": {
+                "200": {
+                    "description": "The page.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+                **_errors(),
+            },
+        }
+    },
+    "/docs/{asset}": {
+        "get": {
+            "operationId": "docsAsset",
+            "summary": "A script or style sheet of the /docs page",
+            "parameters": [
+                {"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {
+                    "description": "The file.",
+                    "content": {
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(404),
             },
         }
     },

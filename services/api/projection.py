@@ -6,7 +6,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import pika
 import sqlalchemy as sa
@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from services.api import schema
 from services.api.files import record_outputs
+from services.api.owner_files import record_owner_files
+from services.api.usage import record_usage
 from shared.bus import BrokerUnavailable, Message, Publisher, Unroutable
 from shared.consumer import Logged
 from shared.events import EventType
@@ -35,20 +37,34 @@ def job_response(view: JobView) -> dict[str, Any]:
     }
 
 
+class Chore(Protocol):
+    def run_if_due(self) -> None: ...
+
+
 class ApiProjection:
     consumer = "api"
     start_at = "first"
     offsets = schema.offsets
     dead_letters = schema.dead_letters
 
-    def __init__(self, engine: sa.Engine, publisher: Publisher, response_exchange: str):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        publisher: Publisher,
+        response_exchange: str,
+        chores: Sequence[Chore] = (),
+    ):
         self._engine = engine
         self._publisher = publisher
         self._response_exchange = response_exchange
+        # Periodic work of the projector alone: snapshots of the log (snapshots.py), quotas
+        # from the tokens file into the log (quotas.py).
+        self._chores = chores
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
-        """Keep the batch's events, fold its jobs' views (shared/views.py), keep the counts, and
-        queue every job that ended for `job_response`."""
+        """Keep the batch's events, fold its jobs' views (shared/views.py), keep the counts and
+        each owner's files (services/api/owner_files.py), and queue every job that ended for
+        `job_response`."""
         fresh = self._record_events(session, [b for b in batch if b.event.job_id is not None])
         if not fresh:
             return
@@ -57,6 +73,8 @@ class ApiProjection:
                 record_outputs(session, event)
         changes = fold_views(session, schema.jobs, fresh)
         write_views(session, schema.jobs, changes, _job_columns, created=_job_created)
+        record_owner_files(session, fresh, changes)
+        record_usage(session, changes)
         _count_jobs(session, changes)
         finished = [
             c.after
@@ -110,6 +128,8 @@ class ApiProjection:
 
     def tick(self) -> None:
         self.announce_finished_jobs()
+        for chore in self._chores:
+            chore.run_if_due()
 
     def announce_finished_jobs(self) -> None:
         """Publish the outbox to `job_response`; a row is deleted only after its confirm."""

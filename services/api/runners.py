@@ -1,4 +1,5 @@
-"""The runners as the API knows them: each one's latest heartbeat, for /metrics.
+"""The runners as the API knows them: each one's latest heartbeat, for /metrics and
+`GET /runners`.
 
 A decorator around the API's job projection, so that projection stays about jobs: it folds
 `RunnerLost` into `api_runners` in the same transaction, then hands every event on; between
@@ -7,7 +8,7 @@ batches it records the heartbeats heard on their own stream (shared/heartbeats.p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -105,3 +106,90 @@ def _count(gpus: Any) -> int:
     if isinstance(gpus, list | tuple):
         return len(gpus)
     return int(gpus or 0)
+
+
+# -- `GET /runners`: the runners as a dashboard shows them ----------------------------------------
+
+
+class RunnerStore:
+    """Reads of `api_runners`, and of which user owns the jobs a runner reports running."""
+
+    def __init__(self, engine: sa.Engine):
+        self._engine = engine
+
+    def all(self) -> list[Any]:
+        with self._engine.connect() as connection:
+            return list(
+                connection.execute(
+                    sa.select(schema.runners).order_by(schema.runners.c.runner_id)
+                ).all()
+            )
+
+    def owners(self, job_ids: Iterable[str]) -> dict[str, str]:
+        wanted = set(job_ids)
+        if not wanted:
+            return {}
+        jobs = schema.jobs
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(jobs.c.job_id, jobs.c.owner).where(jobs.c.job_id.in_(wanted))
+            ).all()
+        return {row.job_id: row.owner for row in rows}
+
+
+def runner_state(lost: bool, last_seen: datetime, now: datetime, deadline: float) -> str:
+    """`live` (heard within the deadline), `silent` (not heard since, not yet declared lost),
+    or `lost` (the scheduler declared it so; a heartbeat since makes it live again)."""
+    if lost:
+        return "lost"
+    return "silent" if (now - as_utc(last_seen)).total_seconds() > deadline else "live"
+
+
+def running_attempts(heartbeat: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(job id, attempt) of what the heartbeat reports running, as `job/attempt` strings."""
+    attempts = []
+    for entry in heartbeat.get("running") or ():
+        job_id, _, attempt = str(entry).rpartition("/")
+        if job_id and attempt.isdigit():
+            attempts.append((job_id, int(attempt)))
+    return attempts
+
+
+def present_runner(
+    row: Any, now: datetime, deadline: float, may_see: Callable[[str], bool]
+) -> dict[str, Any]:
+    """A runner as its last heartbeat described it; of its jobs, only those `may_see` allows."""
+    heartbeat: Mapping[str, Any] = row.heartbeat or {}
+    free = heartbeat.get("free")
+    free = free if isinstance(free, Mapping) else {}
+    use = RunnerUse.from_heartbeat(row.runner_id, heartbeat)
+    free_gpus = free.get("gpus")
+    free_uuids = set(free_gpus) if isinstance(free_gpus, list | tuple) else None
+    gpus = [
+        {
+            "index": gpu.get("index"),
+            "uuid": gpu.get("uuid"),
+            "name": gpu.get("name"),
+            "memory_mb": gpu.get("memory_mb"),
+            "held": free_uuids is not None and gpu.get("uuid") not in free_uuids,
+        }
+        for gpu in heartbeat.get("gpus") or ()
+        if isinstance(gpu, Mapping)
+    ]
+    return {
+        "runner_id": row.runner_id,
+        "state": runner_state(row.lost, row.last_seen, now, deadline),
+        "last_heartbeat": as_utc(row.last_seen).isoformat(),
+        "slots": use.slots,
+        "slots_free": use.slots - use.slots_used,
+        "gpus": gpus,
+        "cpus": heartbeat.get("cpus"),
+        "cpus_free": free.get("cpus"),
+        "memory_mb": heartbeat.get("memory_mb"),
+        "memory_free_mb": free.get("memory_mb"),
+        "jobs": [
+            {"job_id": job_id, "attempt": attempt}
+            for job_id, attempt in running_attempts(heartbeat)
+            if may_see(job_id)
+        ],
+    }

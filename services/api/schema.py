@@ -81,5 +81,38 @@ job_files = sa.Table(
     sa.Index("api_job_files_parent", "job_id", "attempt", "parent_key"),
 )
 
+# Each owner's newest version of every path across their jobs (services/api/owner_files.py),
+# for GET /files without job_id: one row per (owner, path), so a read never folds the jobs.
+owner_files = sa.Table(
+    "api_owner_files",
+    metadata,
+    sa.Column("owner", sa.String(200), primary_key=True),
+    sa.Column("path_key", sa.String(40), primary_key=True),
+    sa.Column("parent_key", sa.String(40), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),  # the event's, in the log
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mode", sa.String(8), nullable=False),
+    sa.Column("modified", sa.String(40), nullable=True),
+    sa.Column("digest", sa.String(71), nullable=True),
+    sa.Column("target", sa.Text, nullable=True),
+    sa.Column("skipped", sa.Text, nullable=True),  # why it was not saved
+    sa.Index("api_owner_files_parent", "owner", "parent_key"),
+)
+
+# What each owner's ended jobs used, in whole milliseconds (services/api/usage.py).
+usage = sa.Table(
+    "api_usage",
+    metadata,
+    sa.Column("owner", sa.String(200), primary_key=True),
+    sa.Column("jobs", sa.BigInteger, nullable=False),
+    sa.Column("run_ms", sa.BigInteger, nullable=False),
+    sa.Column("gpu_ms", sa.BigInteger, nullable=False),
+    sa.Column("cpu_ms", sa.BigInteger, nullable=False),
+)
+
 offsets = offsets_table(metadata, "api")
 dead_letters = dead_letters_table(metadata, "api")

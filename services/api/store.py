@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.api import schema
+from services.api.usage import read_usage
 from shared.jobs import JobView, Status
 
 
@@ -70,6 +71,11 @@ class JobStore:
             total=int(total),  # a sum is a Decimal on PostgreSQL
             next_cursor=rows[-1].position if more else None,
         )
+
+    def usage(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """What each owner (or only `owner`) used, the most GPU-seconds first."""
+        with self._engine.connect() as connection:
+            return read_usage(connection, owner)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self._engine.connect() as connection:

@@ -1,42 +1,31 @@
-"""What a user may submit, and the checks that turn a request's fields into a JobRequest.
+"""What a user may submit: a request's fields validated through the one job model
+(freight/jobspec.py), then the server's own rules (its default and allowed images).
 
-Fields arrive as lists of values, from JSON (typed) or a form (strings); every check names the
-field it rejects so the user knows what to fix.
+Fields arrive as lists of values, from JSON (typed) or a form (strings); every rejection names
+the field it rejects so the user knows what to fix.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-MAX_COMMAND_BYTES = 128 * 1024
-MAX_ENV_ENTRIES = 1000
-MAX_ATTEMPTS = 10
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MIN_MEMORY_MB = 6  # Docker refuses a smaller memory limit
-MAX_MEMORY_MB = 1 << 30  # 1 PiB: larger is a typo, and would overflow the engine's bytes
-MIN_CPUS = 0.01  # Docker's smallest CPU quota
-# 30 days: a longer run is a typo, and a huge number would overflow the runner's deadline.
-MAX_TIMEOUT_SECONDS = 30 * 24 * 3600
-KNOWN_FIELDS = frozenset(
-    {
-        "command",
-        "gpus",
-        "gpu_memory",
-        "cpus",
-        "memory",
-        "image",
-        "env",
-        "secret_env",
-        "timeout",
-        "max_attempts",
-    }
-)
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from freight.jobspec import MAX_TIMEOUT_SECONDS, PAIR_FIELDS, JobSpec, field_error
+
+__all__ = ["MAX_TIMEOUT_SECONDS", "InvalidRequest", "JobRequest", "parse_job_request"]
+
+KNOWN_FIELDS = frozenset(JobSpec.model_fields)
+# pydantic's own range checks (the model's ge/le/gt bounds), in the words of the other checks.
+BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "greater_than": ("gt", "above"),
+    "less_than_equal": ("le", "at most"),
+    "less_than": ("lt", "below"),
+}
 
 
 class InvalidRequest(ValueError):
@@ -46,32 +35,12 @@ class InvalidRequest(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    command: str
-    image: str
-    gpus: int | None = None
-    gpu_memory: int | None = None  # MiB each GPU must have
-    cpus: float | None = None
-    memory: int | None = None  # MiB
-    env: Mapping[str, str] = field(default_factory=dict)
-    timeout: float | None = None
-    max_attempts: int = 1
-    # Plain values, kept out of event_data(): the API seals them (shared/secret_env.py).
-    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+class JobRequest(JobSpec):
+    """A submission the API accepted, its image resolved to the one the job will run."""
 
     def event_data(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "image": self.image,
-            "gpus": self.gpus,
-            "gpu_memory": self.gpu_memory,
-            "cpus": self.cpus,
-            "memory": self.memory,
-            "env": dict(self.env),
-            "timeout": self.timeout,
-            "max_attempts": self.max_attempts,
-        }
+        """JobSubmitted's data; secret values stay out: the API seals them (shared/secret_env)."""
+        return self.model_dump(exclude={"secret_env"})
 
 
 def parse_job_request(
@@ -79,53 +48,42 @@ def parse_job_request(
     default_image: str,
     allowed_images: Sequence[str] = (),
 ) -> JobRequest:
+    try:
+        request = JobRequest.model_validate(_model_input(fields))
+    except ValidationError as exc:
+        raise _invalid_request(exc.errors()[0]) from None
+    image = _allowed(request.image or default_image, allowed_images)
+    return request.model_copy(update={"image": image})
+
+
+def _model_input(fields: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """One value per field, but every value of a KEY=VALUE field (a form repeats it)."""
     unknown = sorted(set(fields) - KNOWN_FIELDS)
     if unknown:
         raise InvalidRequest(unknown[0], f"unknown field; expected one of {sorted(KNOWN_FIELDS)}")
-    gpus = _integer(_single(fields, "gpus"), "gpus", minimum=0)
-    env = _env(fields.get("env", []))
-    return JobRequest(
-        command=_command(_single(fields, "command")),
-        image=_allowed(_image(_single(fields, "image"), default_image), allowed_images),
-        gpus=gpus,
-        gpu_memory=_gpu_memory(_single(fields, "gpu_memory"), gpus),
-        cpus=_cpus(_single(fields, "cpus")),
-        memory=_integer(_single(fields, "memory"), "memory", MIN_MEMORY_MB, MAX_MEMORY_MB),
-        env=env,
-        secret_env=_secret_env(fields.get("secret_env", []), env),
-        timeout=_timeout(_single(fields, "timeout")),
-        max_attempts=_integer(_single(fields, "max_attempts"), "max_attempts", 1, MAX_ATTEMPTS)
-        or 1,
-    )
+    values: dict[str, Any] = {}
+    for name, given in fields.items():
+        if name in PAIR_FIELDS:
+            values[name] = list(given)
+        elif len(given) > 1:
+            raise InvalidRequest(name, "given more than once")
+        elif given:
+            values[name] = given[0]
+    return values
 
 
-def _single(fields: Mapping[str, Sequence[Any]], name: str) -> Any:
-    values = fields.get(name) or []
-    if len(values) > 1:
-        raise InvalidRequest(name, "given more than once")
-    return values[0] if values else None
-
-
-def _command(value: Any) -> str:
-    if value is None:
-        raise InvalidRequest("command", "required: the shell command to run")
-    if not isinstance(value, str):
-        raise InvalidRequest("command", "must be a string")
-    if not value.strip():
-        raise InvalidRequest("command", "must not be empty")
-    if "\x00" in value:
-        raise InvalidRequest("command", "must not contain NUL bytes")
-    if len(value.encode()) > MAX_COMMAND_BYTES:
-        raise InvalidRequest("command", f"longer than {MAX_COMMAND_BYTES} bytes")
-    return value
-
-
-def _image(value: Any, default: str) -> str:
-    if value is None or value == "":
-        return default
-    if not isinstance(value, str) or len(value) > 512 or any(c.isspace() for c in value):
-        raise InvalidRequest("image", "must be an image reference such as 'python:3.12'")
-    return value
+def _invalid_request(error: ErrorDetails) -> InvalidRequest:
+    across = field_error(error.get("ctx"))
+    if across is not None:
+        return InvalidRequest(*across)
+    field = str(error["loc"][0]) if error["loc"] else "body"
+    if error["type"] == "missing":
+        return InvalidRequest(field, f"required: {JobSpec.model_fields[field].description}")
+    if error["type"] in BOUNDS:
+        key, words = BOUNDS[error["type"]]
+        limit = (error.get("ctx") or {})[key]
+        return InvalidRequest(field, f"must be {words} {limit}, got {error['input']}")
+    return InvalidRequest(field, error["msg"])
 
 
 def _allowed(image: str, patterns: Sequence[str]) -> str:
@@ -135,93 +93,3 @@ def _allowed(image: str, patterns: Sequence[str]) -> str:
             "image", f"{image!r} is not allowed here; allowed images: {', '.join(patterns)}"
         )
     return image
-
-
-def _integer(value: Any, name: str, minimum: int, maximum: int | None = None) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidRequest(name, "must be an integer")
-    try:
-        number = int(value.strip()) if isinstance(value, str) else value
-    except ValueError:
-        raise InvalidRequest(name, f"must be an integer, got {value!r}") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise InvalidRequest(name, f"must be {bound}, got {number}")
-    return number
-
-
-def _gpu_memory(value: Any, gpus: int | None) -> int | None:
-    mib = _integer(value, "gpu_memory", 1, MAX_MEMORY_MB)
-    if mib is not None and not gpus:
-        raise InvalidRequest("gpu_memory", "applies only to a job that asks for gpus")
-    return mib
-
-
-def _cpus(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidRequest("cpus", "must be a number of CPUs, such as 2 or 0.5")
-    try:
-        cpus = float(value)
-    except ValueError:
-        raise InvalidRequest("cpus", f"must be a number of CPUs, got {value!r}") from None
-    if not math.isfinite(cpus) or cpus < MIN_CPUS:
-        raise InvalidRequest("cpus", f"must be a number of CPUs of at least {MIN_CPUS}")
-    return cpus
-
-
-def _timeout(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidRequest("timeout", "must be a number of seconds")
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise InvalidRequest("timeout", f"must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT_SECONDS:
-        raise InvalidRequest(
-            "timeout", f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS}"
-        )
-    return seconds
-
-
-def _secret_env(values: Sequence[Any], env: Mapping[str, str]) -> dict[str, str]:
-    secret = _env(values, "secret_env")
-    both = sorted(set(secret) & set(env))
-    if both:
-        raise InvalidRequest("secret_env", f"{both[0]} is also in env; name it in one only")
-    return secret
-
-
-def _env(values: Sequence[Any], field: str = "env") -> dict[str, str]:
-    """An object (JSON, or a form field holding JSON) or repeated KEY=VALUE strings. A value is
-    never echoed in an error: under `secret_env` it is a secret."""
-    env: dict[str, str] = {}
-    for value in values:
-        if isinstance(value, str) and value.lstrip().startswith("{"):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise InvalidRequest(field, "is not a valid JSON object") from None
-        if isinstance(value, dict):
-            items = list(value.items())
-        elif isinstance(value, str):
-            name, sep, text = value.partition("=")
-            if not sep:
-                raise InvalidRequest(field, "expected KEY=VALUE strings")
-            items = [(name, text)]
-        else:
-            raise InvalidRequest(field, "must be an object or KEY=VALUE strings")
-        for name, text in items:
-            if not isinstance(name, str) or not ENV_NAME.match(name):
-                raise InvalidRequest(field, f"invalid variable name {name!r}")
-            if not isinstance(text, str) or "\x00" in text:
-                raise InvalidRequest(field, f"{name}: value must be a string without NUL bytes")
-            env[name] = text
-    if len(env) > MAX_ENV_ENTRIES:
-        raise InvalidRequest(field, f"more than {MAX_ENV_ENTRIES} variables")
-    return env

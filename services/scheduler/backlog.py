@@ -21,6 +21,8 @@ class Backlog:
     def __init__(self) -> None:
         self._queued: dict[str, tuple[int, JobView]] = {}  # job id -> (position, view)
         self._order: list[tuple[int, str]] = []  # (position, job id) of the queued, sorted
+        # The same by (priority, owner): the lanes fair share picks from (fairshare.py).
+        self._lanes: dict[tuple[int, str], list[tuple[int, str]]] = {}
         self._holds: dict[str, Placement] = {}  # active job id -> what it holds
 
     @classmethod
@@ -56,6 +58,15 @@ class Backlog:
             position, job_id = order[index]
             yield position, self._queued[job_id][1]
 
+    def lanes(self) -> dict[tuple[int, str], Iterable[tuple[int, JobView]]]:
+        """Each (priority, owner)'s queued jobs, oldest first, read lazily: do not record
+        while iterating."""
+        return {key: self._lane(order) for key, order in self._lanes.items()}
+
+    def _lane(self, order: list[tuple[int, str]]) -> Iterator[tuple[int, JobView]]:
+        for position, job_id in order:
+            yield position, self._queued[job_id][1]
+
     def position_of(self, job_id: str) -> int:
         return self._queued[job_id][0]
 
@@ -81,13 +92,22 @@ class Backlog:
         self._queued[job.job_id] = (position, job)
         if known is None:
             bisect.insort(self._order, (position, job.job_id))
+            bisect.insort(self._lanes.setdefault(_lane_of(job), []), (position, job.job_id))
 
     def _dequeue(self, job_id: str) -> None:
         known = self._queued.pop(job_id, None)
         if known is None:
             return
-        index = bisect.bisect_left(self._order, (known[0], job_id))
-        del self._order[index]
+        position, job = known
+        del self._order[bisect.bisect_left(self._order, (position, job_id))]
+        lane = self._lanes[_lane_of(job)]
+        del lane[bisect.bisect_left(lane, (position, job_id))]
+        if not lane:
+            del self._lanes[_lane_of(job)]
+
+
+def _lane_of(job: JobView) -> tuple[int, str]:
+    return job.priority, job.owner
 
 
 def _position(entry: tuple[int, str]) -> int:
@@ -103,4 +123,5 @@ def hold_of(job: JobView) -> Placement:
         tuple(job.assigned_gpus),
         job.cpus or 0.0,
         job.memory or 0,
+        job.owner,
     )

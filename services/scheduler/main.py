@@ -14,13 +14,14 @@ from datetime import timedelta
 from services.scheduler.projection import SchedulerProjection
 from shared.bus import Publisher, Topology
 from shared.config import Settings
-from shared.consumer import LogBehindProjection, StreamConsumer
+from shared.consumer import StreamConsumer
 from shared.db import create_engine, migrate
 from shared.events import EventFactory, utcnow
 from shared.heartbeats import HeartbeatListener
 from shared.leader import LeaderLock, lead_while_holding
 from shared.metrics import export_projection, serve_metrics_from_env
 from shared.runtime import stop_on_signals
+from shared.snapshots import LogUnusable
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,13 @@ def serve(settings: Settings) -> None:
     serve_metrics_from_env()  # a standby answers scrapes too
     topology = Topology.from_settings(settings)
     lock = LeaderLock(settings.amqp_url, topology, "scheduler")
-    # A log behind the database is no passing fault: retrying would only skip events later.
+    # A log behind the database, or cut short with no snapshot, is no passing fault: retrying
+    # would only skip events later.
     lead_while_holding(
         lock,
         stop,
         lambda until: schedule(settings, topology, until),
-        fatal=(LogBehindProjection,),
+        fatal=(LogUnusable,),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from shared.jobs import JobView
 
@@ -67,6 +67,16 @@ class Placement:
     gpus: tuple[Gpu, ...] = ()
     cpus: float = 0.0
     memory_mb: int = 0
+    owner: str = "anonymous"
+
+
+class Fairness(Protocol):
+    """The turn and quota rules over owners (fairshare.py), told of each placement."""
+
+    def placed(self, job: JobView) -> None: ...
+
+    def blocked(self, job: JobView) -> str | None:
+        """Why the job's owner may not have it placed now, if they may not."""
 
 
 @dataclass(frozen=True)
@@ -142,13 +152,17 @@ def preference(job: JobView, runner: RunnerCapacity) -> tuple[int, int, str]:
 
 
 def place(
-    queued: Iterable[JobView], runners: Sequence[RunnerCapacity], until_full: bool = False
+    queued: Iterable[JobView],
+    runners: Sequence[RunnerCapacity],
+    until_full: bool = False,
+    fairness: Fairness | None = None,
 ) -> Plan:
     """Assign as many queued jobs as fit, in queue order; say why each of the others waits.
-    `until_full`: stop looking once no runner has a free slot, as no later job can fit."""
+    `until_full`: stop looking once no runner has a free slot, as no later job can fit.
+    `fairness`: told of each placement; a job it blocks waits with its reason."""
     free = {r.runner_id: r for r in runners}
     placements = []
-    unplaced = []
+    unplaced: list[tuple[JobView, str | None]] = []  # with the quota's reason, if that
     # Capacity only shrinks during a pass: a shape that fitted nowhere fits nowhere later.
     misfits: set[Shape] = set()
     last, full = None, False
@@ -157,10 +171,14 @@ def place(
             full = True
             break
         last = job
+        blocked = fairness.blocked(job) if fairness is not None else None
+        if blocked is not None:
+            unplaced.append((job, blocked))
+            continue
         candidates = [] if shape_of(job) in misfits else [r for r in free.values() if fits(job, r)]
         if not candidates:
             misfits.add(shape_of(job))
-            unplaced.append(job)
+            unplaced.append((job, None))
             continue
         runner = min(candidates, key=lambda r: preference(job, r))
         taken = tuple(usable_gpus(job, runner)[: gpus_wanted(job)])
@@ -173,11 +191,15 @@ def place(
                 taken,
                 cpus=job.cpus or 0.0,
                 memory_mb=job.memory or 0,
+                owner=job.owner,
             )
         )
+        if fairness is not None:
+            fairness.placed(job)
     left = list(free.values())
     reason = reasons_for(left)
-    return Plan(placements, {job.job_id: reason(job) for job in unplaced}, left, last, full)
+    waiting = {job.job_id: blocked or reason(job) for job, blocked in unplaced}
+    return Plan(placements, waiting, left, last, full)
 
 
 def reasons_for(runners: Sequence[RunnerCapacity]) -> Callable[[JobView], str]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.scheduler import schema
 from services.scheduler.backlog import Backlog
+from services.scheduler.fairshare import FairQueue, Quota, Totals, usage_by_owner
 from services.scheduler.liveness import Liveness
 from services.scheduler.placement import Placement, Plan, RunnerCapacity, place, reasons_for
 from shared.bus import BrokerUnavailable
@@ -84,6 +85,7 @@ class SchedulerProjection:
         # The queue and the active jobs' holds as committed; None until placement first needs
         # it, and again whenever a transaction of this projection's rolled back.
         self._backlog: Backlog | None = None
+        self._quotas: dict[str, Quota] | None = None  # the same: the table's, read when needed
         # Queued jobs before `_swept_to` have had their reason checked while every runner was
         # full as in `_swept_runners`: the next sweep of the unexamined tail resumes there.
         self._swept_to = 0
@@ -118,8 +120,19 @@ class SchedulerProjection:
                 .where(schema.runners.c.runner_id == event.data["runner"])
                 .values(lost=True)
             )
+        elif event.type == EventType.OWNER_QUOTA_SET:
+            self._record_quota(session, event)
         elif event.job_id is not None:
             self._fold_job(session, event, position)
+
+    def _record_quota(self, session: Session, event: Event) -> None:
+        owner = str(event.data["owner"])
+        quota = Quota.from_data(event.data)
+        quotas = schema.quotas
+        values = {"max_gpus": quota.max_gpus, "max_running": quota.max_running}
+        session.execute(quotas.delete().where(quotas.c.owner == owner))
+        session.execute(quotas.insert().values(owner=owner, **values))
+        self._quotas = None  # read again once committed
 
     def _fold_job(self, session: Session, event: Event, position: int) -> None:
         jobs = schema.jobs
@@ -176,6 +189,7 @@ class SchedulerProjection:
         # so the tables are read again before the next placement.
         session.info[_CHANGES].clear()
         self._backlog = None
+        self._quotas = None
 
     def _current_backlog(self) -> Backlog:
         if self._backlog is None:
@@ -187,6 +201,15 @@ class SchedulerProjection:
             self._in_flight = {k: p for k, p in self._in_flight.items() if k in backlog}
             self._told = {k: r for k, r in self._told.items() if k in backlog}
         return self._backlog
+
+    def _current_quotas(self) -> dict[str, Quota]:
+        if self._quotas is None:
+            with self._engine.connect() as connection:
+                self._quotas = {
+                    row.owner: Quota(row.max_gpus, row.max_running)
+                    for row in connection.execute(sa.select(schema.quotas))
+                }
+        return self._quotas
 
     def hear_heartbeats(self) -> None:
         """What the runners said since the last pass, heard now."""
@@ -246,12 +269,18 @@ class SchedulerProjection:
             return
         with self._engine.connect() as connection:
             capacity = self._free_capacity(connection, backlog)
-        candidates = (job for _, job in backlog.queued() if job.job_id not in self._in_flight)
-        plan = place(islice(candidates, MAX_QUEUE_SCAN), capacity, until_full=True)
+        fair = FairQueue(
+            backlog.lanes(),
+            usage_by_owner((*backlog.holds(), *self._in_flight.values())),
+            Totals.of(capacity),
+            self._current_quotas(),
+        )
+        candidates = (job for job in fair if job.job_id not in self._in_flight)
+        plan = place(islice(candidates, MAX_QUEUE_SCAN), capacity, until_full=True, fairness=fair)
         placements = plan.placements
         # Right after a (re)start, no runner heard from yet means nothing: they get a deadline.
         settled = capacity or self._liveness.settled()
-        reasons, swept_to = self._changed_reasons(backlog, plan) if settled else ({}, None)
+        reasons, swept_to = self._changed_reasons(backlog, plan, fair) if settled else ({}, None)
         if placements or reasons:
             events = [
                 self._new_event(
@@ -279,7 +308,9 @@ class SchedulerProjection:
         if swept_to is not None:
             self._swept_to = swept_to
 
-    def _changed_reasons(self, backlog: Backlog, plan: Plan) -> tuple[dict[str, str], int | None]:
+    def _changed_reasons(
+        self, backlog: Backlog, plan: Plan, fair: FairQueue
+    ) -> tuple[dict[str, str], int | None]:
         """Reasons that changed since told, head of the queue first, at most
         MAX_REASONS_PER_PASS; and where the sweep of the unexamined tail stopped, if it ran."""
         changed: dict[str, str] = {}
@@ -300,14 +331,20 @@ class SchedulerProjection:
         inventory = sorted((r.emptied() for r in plan.runners), key=lambda r: r.runner_id)
         if inventory != self._swept_runners:
             self._swept_runners, self._swept_to = inventory, 0
-        reason_of = reasons_for(plan.runners)
-        after = -1 if plan.last is None else backlog.position_of(plan.last.job_id)
+        for_capacity = reasons_for(plan.runners)
+
+        def reason_of(job: JobView) -> str:
+            return fair.blocked(job) or for_capacity(job)
+
+        # The pass looked at the queue in fair order, not by position: the sweep covers all of
+        # it, resuming where it stopped; a reason the pass told is not told again.
+        looked_at = {p.job_id for p in plan.placements} | plan.waiting.keys()
         swept_to = self._swept_to
-        for position, job in islice(self._tail(backlog, after), MAX_REASON_SCAN):
+        for position, job in islice(self._tail(backlog, -1), MAX_REASON_SCAN):
             if now - job.created_at < REASON_DELAY:
                 return changed, position  # the rest are younger still: a later pass
             swept_to = position + 1
-            if job.job_id in self._in_flight:
+            if job.job_id in self._in_flight or job.job_id in looked_at:
                 continue
             reason = reason_of(job)
             if self._tells(job, reason, now):

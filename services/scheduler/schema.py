@@ -29,5 +29,14 @@ runners = sa.Table(
     sa.Column("lost", sa.Boolean, nullable=False, default=False),
 )
 
+# Each owner's quota (OwnerQuotaSet): None is no bound.
+quotas = sa.Table(
+    "scheduler_quotas",
+    metadata,
+    sa.Column("owner", sa.String(200), primary_key=True),
+    sa.Column("max_gpus", sa.Integer, nullable=True),
+    sa.Column("max_running", sa.Integer, nullable=True),
+)
+
 offsets = offsets_table(metadata, "scheduler")
 dead_letters = dead_letters_table(metadata, "scheduler")

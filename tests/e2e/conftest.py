@@ -22,7 +22,7 @@ import requests
 from shared.bus import Topology
 from shared.config import Settings
 from shared.tokens import add_token
-from tests.conftest import fresh_settings
+from tests.conftest import Namespaces, fresh_settings
 from tests.waiting import wait_until
 
 
@@ -139,16 +139,16 @@ def cluster_settings(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def module_cluster_settings(
-    amqp_url: str, tmp_path_factory: pytest.TempPathFactory, used_namespaces: list[Settings]
-) -> Settings:
+    amqp_url: str, tmp_path_factory: pytest.TempPathFactory, used_namespaces: Namespaces
+) -> Iterator[Settings]:
     """cluster_settings for a module whose quick checks share one cluster (as the `settings`
     fixture makes them: a namespace and a home of its own)."""
     configured = replace(
         fresh_settings(amqp_url, tmp_path_factory.mktemp("home")),
         api_bind=f"127.0.0.1:{free_port()}",
     )
-    used_namespaces.append(configured)
-    return configured
+    yield configured
+    used_namespaces.finished(configured)
 
 
 SERVICES = ("filestore", "api", "scheduler", "runner")
@@ -172,8 +172,9 @@ def running_cluster(
         start(cluster)
     for service in SERVICES if start is None else ():
         cluster.start(service, **per_service.get(service, {}))
-    wait_until(lambda: _answers(cluster.url), timeout=90, what="the API to answer")
     try:
+        # Inside: should the API never answer, what did start is still stopped.
+        wait_until(lambda: _answers(cluster.url), timeout=90, what="the API to answer")
         yield cluster
     finally:
         cluster.stop_all()

@@ -1,5 +1,6 @@
 """The fault driver: jobs keep flowing while services are killed -9 in turn, RabbitMQ restarts
-once and a runner dies for good; then the guarantees are checked and printed as a table.
+once, the scheduler's database stalls, poison lands in the log and a runner dies for good; then
+the guarantees are checked and printed as a table (tests/faults/report.py).
 
 Everything random comes from one seed, so a failing run can be replayed.
 """
@@ -12,126 +13,78 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 import pika
 import requests
+import sqlalchemy as sa
 
 from tests.e2e.conftest import Cluster
+from tests.faults.report import CANCELLED, FAILS, SUCCEEDS, Report, Submitted
+from tests.faults.stream import append_raw, poison_events, read_stream
 from tests.proxy import CuttableProxy
 from tests.waiting import wait_until
 
 # How long a request is retried through the faults (a restart, an outage) before the run fails.
 RETRY_FOR = 120.0
-
-SUCCEEDS, FAILS, CANCELLED = "succeeds", "fails", "cancelled"
-
-
-@dataclass
-class Submitted:
-    job_id: str
-    kind: str
-    cancel_answer: int | None = None  # the DELETE's status, for cancelled jobs
-
-
-@dataclass
-class Report:
-    seed: int
-    accepted: list[Submitted] = field(default_factory=list)
-    final: dict[str, dict[str, Any]] = field(default_factory=dict)
-    starts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    responses: set[str] = field(default_factory=set)
-    faults: list[str] = field(default_factory=list)
-    dead_services: list[str] = field(default_factory=list)
-
-    def checks(self) -> list[tuple[str, bool, str]]:
-        terminal = [j for j in self.final.values() if j["status"] in ("COMPLETE", "FAILED")]
-        wrong = [s.job_id for s in self.accepted if not self._as_expected(s)]
-        repeated = {k: n for k, n in self.starts.items() if n > 1}
-        unannounced = [j for j in self.final if j not in self.responses]
-        return [
-            (
-                "jobs accepted = jobs terminal",
-                len(terminal) == len(self.final) >= len(self.accepted),
-                f"{len(self.accepted)} accepted, {len(self.final)} in the log, "
-                f"{len(terminal)} terminal",
-            ),
-            (
-                "COMPLETE exactly for the commands that succeed",
-                not wrong,
-                f"{len(wrong)} wrong: {[self._describe(job_id) for job_id in wrong[:3]]}",
-            ),
-            (
-                "containers started per attempt <= 1",
-                not repeated,
-                f"{sum(self.starts.values())} starts, repeated: {repeated}",
-            ),
-            (
-                "a job_response for every job",
-                not unannounced,
-                f"{len(self.responses)} announced, missing {unannounced[:3]}",
-            ),
-            (
-                "every service alive at the end",
-                not self.dead_services,
-                f"dead: {self.dead_services}",
-            ),
-        ]
-
-    def _describe(self, job_id: str) -> str:
-        submitted = next(s for s in self.accepted if s.job_id == job_id)
-        job = self.final.get(job_id, {})
-        return (
-            f"{job_id} {submitted.kind} (cancel {submitted.cancel_answer}) -> "
-            f"{job.get('status')} {job.get('reason')!r} attempt {job.get('attempt')}"
-        )
-
-    def _as_expected(self, submitted: Submitted) -> bool:
-        job = self.final.get(submitted.job_id)
-        if job is None:
-            return False
-        if submitted.kind == SUCCEEDS:
-            return job["status"] == "COMPLETE"
-        if submitted.kind == FAILS:
-            return job["status"] == "FAILED" and job["exit_code"] == 3
-        if submitted.cancel_answer == 202:
-            return job["status"] == "FAILED" and job["reason"] == "cancelled"
-        return job["status"] == "COMPLETE"  # it ended before the cancel (409)
-
-    def table(self) -> str:
-        lines = [f"fault suite, seed {self.seed}", "faults: " + "; ".join(self.faults), ""]
-        for name, ok, detail in self.checks():
-            lines.append(f"{'PASS' if ok else 'FAIL'}  {name:<48} {detail}")
-        return "\n".join(lines)
+# How long the scheduler's tables stay locked: past its runner deadline.
+DATABASE_STALL = 10.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class FaultDriver:
-    def __init__(self, cluster: Cluster, proxy: CuttableProxy, seed: int, broker: str):
+    def __init__(
+        self,
+        cluster: Cluster,
+        proxy: CuttableProxy,
+        seed: int,
+        broker: str,
+        *,
+        amqp_url: str,
+        scheduler_database: str,
+    ):
         self.cluster = cluster
         self.proxy = proxy
         self.random = random.Random(seed)
         self.broker = broker  # "restart": the real RabbitMQ; "cut": only the proxy
-        self.report = Report(seed)
+        self.amqp_url = amqp_url  # the real broker, not through the proxy
+        self.scheduler_database = scheduler_database
+        self.report = Report(seed, cluster.settings.runner_deadline)
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
     # -- load ------------------------------------------------------------------------------
 
     def submit_jobs(self, count: int, spacing: float) -> None:
-        rng = random.Random(self.random.random())
-        for n in range(count):
+        """Two clients side by side, so that every outage catches both mid-submission: one
+        sends an Idempotency-Key and retries with it, as the SDK does; the other retries
+        blindly, as a naive client would. Each command starts with its own marker, so that
+        the jobs one submission made can be counted."""
+        clients = [
+            threading.Thread(
+                target=self._submit_as_client,
+                args=(keyed, range(int(not keyed), count, 2), 2 * spacing, self.random.random()),
+            )
+            for keyed in (True, False)
+        ]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+
+    def _submit_as_client(self, keyed: bool, numbers: range, spacing: float, seed: float) -> None:
+        rng = random.Random(seed)
+        for n in numbers:
             kind = rng.choices([SUCCEEDS, FAILS, CANCELLED], weights=[6, 2, 2])[0]
+            marker = f"fault-{n}-{'key' if keyed else 'bare'}"
             pause = f"sleep {rng.choice(['0.2', '0.5', '1', '2'])}"
-            command = {
+            body = {
                 SUCCEEDS: f"{pause}; echo ok {n}",
                 FAILS: f"{pause}; exit 3",
                 CANCELLED: "sleep 30",
             }[kind]
-            job_id = self._submit_until_accepted(command)
-            submitted = Submitted(job_id, kind)
+            submitted = self._submit_until_accepted(f": {marker}; {body}", kind, marker, keyed)
             with self._lock:
                 self.report.accepted.append(submitted)
             if kind == CANCELLED:
@@ -139,16 +92,33 @@ class FaultDriver:
                 threading.Timer(delay, self._cancel, args=(submitted,)).start()
             time.sleep(spacing * rng.uniform(0.5, 1.5))
 
-    def _submit_until_accepted(self, command: str) -> str:
+    def _submit_until_accepted(
+        self, command: str, kind: str, marker: str, keyed: bool
+    ) -> Submitted:
         # While the API restarts or the broker is away, a user would try again: so does this.
-        response = wait_until(
-            lambda: self._request(
-                "post", "/jobs", {201}, json={"command": command, "max_attempts": 3}
-            ),
-            timeout=RETRY_FOR,
-            what="the API to accept a job",
+        headers = {IDEMPOTENCY_HEADER: marker} if keyed else {}
+        tries = 0
+
+        def submit() -> requests.Response | None:
+            nonlocal tries
+            tries += 1
+            return self._request(
+                "post",
+                "/jobs",
+                {201},
+                json={"command": command, "max_attempts": 3},
+                headers=headers,
+            )
+
+        response = wait_until(submit, timeout=RETRY_FOR, what="the API to accept a job")
+        return Submitted(
+            str(response.json()["job_id"]),
+            kind,
+            marker,
+            keyed,
+            tries=tries,
+            replayed=response.headers.get("Idempotent-Replayed") == "true",
         )
-        return str(response.json()["job_id"])
 
     def _cancel(self, submitted: Submitted) -> None:
         response = wait_until(
@@ -171,14 +141,29 @@ class FaultDriver:
     # -- faults ----------------------------------------------------------------------------
 
     def inject_faults(self, spacing: float) -> None:
-        steps = ["api", "scheduler", "runner-a", "broker", "filestore", "runner-b-for-good"]
+        # The broker goes while jobs are still being submitted; poison while some run.
+        steps = [
+            "api",
+            "poison",
+            "scheduler",
+            "broker",
+            "runner-a",
+            "database-stall",
+            "filestore",
+            "runner-b-for-good",
+        ]
         for step in steps:
             time.sleep(spacing * self.random.uniform(0.5, 1.5))
             if step == "broker":
                 self._broker_outage()
+            elif step == "poison":
+                self._append_poison()
+            elif step == "database-stall":
+                self._stall_scheduler_database()
             elif step == "runner-b-for-good":
+                busy = self._wait_for_work_on("runner-b")
                 self.cluster.kill("runner-b")
-                self.report.faults.append("runner-b killed for good")
+                self.report.faults.append(f"runner-b killed for good ({busy} jobs on it)")
             elif step in self.cluster.processes:
                 self._kill_and_restart(step)
 
@@ -201,6 +186,66 @@ class FaultDriver:
             time.sleep(self.random.uniform(2, 4))
             self.proxy.restore()
             self.report.faults.append("RabbitMQ cut off (proxy)")
+
+    def _stall_scheduler_database(self) -> None:
+        """Every scheduler table locked by another session, as a stuck migration or a vacuum
+        would: the scheduler waits on its database for longer than its runner deadline."""
+        engine = sa.create_engine(self.scheduler_database)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SET lock_timeout = '30s'"))
+                connection.execute(
+                    sa.text(
+                        "LOCK TABLE scheduler_offsets, scheduler_jobs, scheduler_runners "
+                        "IN ACCESS EXCLUSIVE MODE"
+                    )
+                )
+                time.sleep(DATABASE_STALL)  # the fault is its duration
+                connection.rollback()
+        finally:
+            engine.dispose()
+        self.report.faults.append(f"scheduler's database locked {DATABASE_STALL:.0f}s")
+
+    def _append_poison(self) -> None:
+        running = self._a_running_job()
+        poison = poison_events(running, self.cluster.settings.default_image)
+        append_raw(self.amqp_url, self.cluster.settings.events_stream, [p.body for p in poison])
+        self.report.poison = poison
+        self.report.faults.append(f"{len(poison)} poison events appended")
+
+    def _wait_for_work_on(self, name: str, timeout: float = 15.0) -> int:
+        """How many jobs `name` holds, once it holds one (or after `timeout`): a runner that
+        dies busy is what makes its jobs end "runner lost" and go back to the queue."""
+        runner = self.cluster.started_as[name][1]["runner_id"]
+        deadline = time.monotonic() + timeout
+        busy = 0
+        while time.monotonic() < deadline:
+            try:
+                jobs = self.all_jobs().values()
+            except (requests.RequestException, ValueError):
+                jobs = []
+            busy = sum(
+                j["runner"] == runner and j["status"] in ("PENDING", "RUNNING") for j in jobs
+            )
+            if busy:
+                break
+            time.sleep(0.2)
+        return busy
+
+    def _a_running_job(self) -> dict[str, Any] | None:
+        """One of the run's jobs that is RUNNING now, if the API can say so."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                jobs = self.all_jobs()
+            except (requests.RequestException, ValueError):
+                time.sleep(0.2)
+                continue
+            running = [j for j in jobs.values() if j["status"] == "RUNNING" and j["runner"]]
+            if running:
+                return running[0]
+            time.sleep(0.2)
+        return None
 
     # -- observation -----------------------------------------------------------------------
 
@@ -239,6 +284,32 @@ class FaultDriver:
                 break
             self.report.responses.add(json.loads(body)["job_id"])
         connection.close()
+
+    def read_the_log(self, skews: dict[str, float]) -> None:
+        settings = self.cluster.settings
+        events = read_stream(self.amqp_url, settings.events_stream)
+        heartbeats = read_stream(self.amqp_url, f"{settings.namespace}.heartbeats")
+        self.report.read_log(events, heartbeats, skews)
+
+    def read_projections(self, databases: dict[str, tuple[str, str]]) -> None:
+        """Where each live projection stands in the log, and how much of the poison it set
+        aside. `databases`: name -> (table prefix, database URL)."""
+        poison = [p.body for p in self.report.poison]
+        for name, (prefix, url) in databases.items():
+            engine = sa.create_engine(url)
+            try:
+                with engine.connect() as connection:
+                    position = connection.execute(
+                        sa.text(f"SELECT max(position) FROM {prefix}_offsets")
+                    ).scalar()
+                    bodies = connection.execute(
+                        sa.text(f"SELECT body FROM {prefix}_dead_letters")
+                    ).scalars()
+                    kept = sum(1 for body in bodies if bytes(body) in poison)
+            finally:
+                engine.dispose()
+            self.report.positions[name] = position
+            self.report.dead_lettered[name] = kept
 
     def all_jobs(self) -> dict[str, dict[str, Any]]:
         jobs: dict[str, dict[str, Any]] = {}

@@ -1,5 +1,8 @@
-"""The fault suite: nothing accepted is lost and no attempt runs twice, while every service is
-killed -9 in turn, RabbitMQ restarts and a runner dies for good.
+"""The fault suite: nothing accepted is lost, no attempt runs twice and nothing is stuck, while
+every service is killed -9 in turn, RabbitMQ restarts during submissions, the scheduler's
+database stalls past the runner deadline, poison lands in the log, one runner's clock is a
+minute ahead and a runner dies for good. Retried submissions make no duplicate job when they
+carry an Idempotency-Key (those without one are counted, for information).
 
 FREIGHT_FAULT_SEED replays a run; FREIGHT_FAULTS_BROKER=cut takes the broker away through a proxy
 instead of restarting the real one (for machines where others share that RabbitMQ).
@@ -7,37 +10,65 @@ instead of restarting the real one (for machines where others share that RabbitM
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
 
 from shared.config import Settings
+from tests.conftest import _fresh_postgres_database
 from tests.e2e.conftest import Cluster, free_port, running_cluster
 from tests.faults.driver import FaultDriver
 from tests.proxy import CuttableProxy
-from tests.waiting import wait_until
 
 JOBS = 60
-SUBMIT_SPACING = 0.5  # seconds between submissions, on average
+SUBMIT_SPACING = 0.8  # seconds between submissions, on average: still coming as runner-b dies
 FAULT_SPACING = 4.0  # seconds between faults, on average
+SKEWED_RUNNER, SKEW = "runner-b", 60.0  # this runner's clock is a minute ahead
+# The multi-threaded build: the services run threads.
+LIBFAKETIME = "/usr/lib/*/faketime/libfaketimeMT.so.1"
 
 
-def services_with_spares(cluster: Cluster) -> None:
-    """An active scheduler and a standby, two runners, and the rest once each."""
+def services_with_spares(cluster: Cluster, scheduler_database: str, skew: dict[str, str]) -> None:
+    """An active scheduler and a standby sharing a PostgreSQL database, two runners (one with
+    its clock off), and the rest once each."""
     cluster.start("api")
-    cluster.start("scheduler")
-    cluster.start("scheduler", name="scheduler-standby")
+    for name in ("scheduler", "scheduler-standby"):
+        cluster.start("scheduler", name=name, scheduler_database_url=scheduler_database)
+    cluster.extra_env[SKEWED_RUNNER] = skew
     for name in ("runner-a", "runner-b"):
-        cluster.start("runner", name=name, runner_id=f"{cluster.settings.namespace}-{name}")
+        cluster.start("runner", name=name, runner_id=runner_id(cluster.settings, name))
     if Path("services/filestore/main.py").exists():
         cluster.start("filestore")
+
+
+def runner_id(settings: Settings, name: str) -> str:
+    return f"{settings.namespace}-{name}"
+
+
+def clock_ahead(seconds: float) -> dict[str, str]:
+    """The environment that sets one process's wall clock ahead (libfaketime); its monotonic
+    clock stays true. Empty where libfaketime is not installed."""
+    found = sorted(glob.glob(LIBFAKETIME))
+    if not found:
+        return {}
+    shim = str(Path(__file__).parent / "skewed_clock")  # its time.sleep, see there
+    return {
+        "LD_PRELOAD": found[0],
+        "FAKETIME": f"+{seconds:.0f}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")])),
+    }
 
 
 @pytest.fixture
@@ -45,6 +76,11 @@ def seed() -> int:
     value = int(os.environ.get("FREIGHT_FAULT_SEED") or random.randrange(1_000_000))
     print(f"fault suite seed: {value} (replay with FREIGHT_FAULT_SEED={value})")
     return value
+
+
+@pytest.fixture
+def scheduler_database(postgres_server_url: str) -> Iterator[str]:
+    yield from _fresh_postgres_database(postgres_server_url)
 
 
 def through_proxy(settings: Settings, proxy: CuttableProxy) -> Settings:
@@ -62,51 +98,109 @@ def through_proxy(settings: Settings, proxy: CuttableProxy) -> Settings:
 
 
 @pytest.mark.timeout(600)  # a minute or two of load and faults, then the checks
-def test_nothing_accepted_is_lost_and_no_attempt_runs_twice(settings, tmp_path, seed):
+def test_nothing_accepted_is_lost_and_no_attempt_runs_twice(
+    settings, tmp_path, seed, scheduler_database
+):
     cluster_settings = replace(settings, api_bind=f"127.0.0.1:{free_port()}")
     real = urlsplit(cluster_settings.amqp_url)
     proxy = CuttableProxy(real.hostname or "127.0.0.1", real.port or 5672)
     settings = through_proxy(cluster_settings, proxy)
     broker = os.environ.get("FREIGHT_FAULTS_BROKER", "restart")
+    skew = clock_ahead(SKEW)
     try:
-        with running_cluster(settings, tmp_path / "logs", start=services_with_spares) as cluster:
-            driver = FaultDriver(cluster, proxy, seed, broker)
+        with running_cluster(
+            settings,
+            tmp_path / "logs",
+            start=lambda cluster: services_with_spares(cluster, scheduler_database, skew),
+        ) as cluster:
+            driver = FaultDriver(
+                cluster,
+                proxy,
+                seed,
+                broker,
+                amqp_url=cluster_settings.amqp_url,
+                scheduler_database=scheduler_database,
+            )
+            report = driver.report
+            if skew:
+                report.skewed_runner = runner_id(settings, SKEWED_RUNNER)
             driver.watch_container_starts(settings.namespace)
             load = threading.Thread(target=driver.submit_jobs, args=(JOBS, SUBMIT_SPACING))
             load.start()
             driver.inject_faults(FAULT_SPACING)
             load.join(timeout=300)
 
-            driver.report.final = wait_until(
-                lambda: _all_terminal(driver), timeout=180, what="every job to end"
-            )
-            wait_until(
+            # No wait here fails the run: what did not settle in time shows in the table.
+            report.final = _settled(driver, timeout=180)
+            _poll(
                 lambda: (
                     driver.collect_responses(cluster_settings.amqp_url, settings.response_queue)
-                    or driver.report.responses >= set(driver.report.final)
+                    or report.responses >= set(report.final)
                 ),
                 timeout=60,
-                what="a job_response for every job",
             )
             driver.stop_watching()
-            driver.report.dead_services = [
+            report.dead_services = [
                 name for name, process in cluster.processes.items() if process.poll() is not None
             ]
-            if not requests.get(f"{cluster.url}/healthz", timeout=5).ok:
-                driver.report.dead_services.append("api (not answering)")
-
-            sys.stderr.write(driver.report.table() + "\n")
-            failed = [name for name, ok, _ in driver.report.checks() if not ok]
-            assert not failed, driver.report.table()
+            if not _answers(cluster.url):
+                report.dead_services.append("api (not answering)")
+            live = _live_projections(cluster, scheduler_database)
+        # Now that every service has stopped, the streams are still and can be read to the end.
+        driver.read_the_log({report.skewed_runner: SKEW} if report.skewed_runner else {})
+        driver.read_projections(live)
+        sys.stderr.write(report.table() + "\n")
+        assert not report.failed(), report.table()
     finally:
         proxy.close()
 
 
-def _all_terminal(driver: FaultDriver) -> dict | None:
-    try:
-        jobs = driver.all_jobs()
-    except requests.RequestException:
-        return None
+def _live_projections(cluster: Cluster, scheduler_database: str) -> dict[str, tuple[str, str]]:
+    """The projections still running at the end, by name: (table prefix, database URL)."""
+    settings = cluster.settings
+    databases = {
+        "api": ("api", settings.database_url_for("api")),
+        "scheduler": ("scheduler", scheduler_database),
+        "runner-a": (
+            "runner",
+            replace(settings, runner_id=runner_id(settings, "runner-a")).database_url_for("runner"),
+        ),
+    }
+    if "filestore" in cluster.processes:
+        databases["filestore"] = ("filestore", settings.database_url_for("filestore"))
+    return databases
+
+
+def _settled(driver: FaultDriver, timeout: float) -> dict[str, dict[str, Any]]:
+    """Every job in the log once all have ended, or as they stand at `timeout`."""
     accepted = {s.job_id for s in driver.report.accepted}
-    done = all(j["status"] in ("COMPLETE", "FAILED") for j in jobs.values())
-    return jobs if done and accepted <= set(jobs) else None
+    latest: dict[str, dict[str, Any]] = {}
+
+    def all_ended() -> bool:
+        nonlocal latest
+        try:
+            latest = driver.all_jobs()
+        except (requests.RequestException, ValueError):
+            return False
+        ended = all(j["status"] in ("COMPLETE", "FAILED") for j in latest.values())
+        return ended and accepted <= set(latest)
+
+    _poll(all_ended, timeout)
+    return latest
+
+
+def _poll(condition: Any, timeout: float) -> bool:
+    """`condition` polled until true or `timeout`; whether it came true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=5).ok
+    except requests.RequestException:
+        return False

@@ -123,6 +123,21 @@ def test_multipart_text_fields(client):
     assert result.json["gpus"] == 2
 
 
+def test_every_field_of_the_job_model_is_kept_from_a_form(client):
+    form = (
+        "command=true&name=nightly+eval&labels=team%3Dml&labels=run%3D7&gpus=2&gpu_memory=40000"
+        "&cpus=1.5&memory=2048&env=A%3D1&timeout=60&max_attempts=2&image=freight%2Fbusybox%3Alocal"
+    )
+    result = client.simulate_post(
+        "/jobs", body=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert result.status_code == 201, result.text
+    job = client.simulate_get(result.headers["location"]).json
+    assert (job["name"], job["labels"]) == ("nightly eval", {"team": "ml", "run": "7"})
+    assert (job["gpus"], job["gpu_memory"], job["cpus"], job["memory"]) == (2, 40000, 1.5, 2048)
+    assert (job["env"], job["timeout"], job["max_attempts"]) == ({"A": "1"}, 60, 2)
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 

@@ -1,21 +1,23 @@
 """compose.yaml, its override files and the Dockerfile: valid, and shaped as docs/deploy.md says.
 
-Validity is compose's own `docker compose config` where the compose tool is installed; where it
-is not (this repository's CI machine has Debian's Docker engine without it), the files are
-interpolated with their defaults as compose does and checked against the Compose Specification's
-JSON schema, as vendored by the `check-jsonschema` package. The image is built where its base
-image is on the machine; nothing is ever pulled from a registry here.
+Validity is compose's own `config` check where a compose tool is installed (`docker compose`, or
+Debian's docker-compose 1.29, which `make images` installs), and always the files interpolated
+with their defaults as compose does, checked against the Compose Specification's JSON schema as
+vendored by the `check-jsonschema` package. The image is built where its base image is on the
+machine (the official one, or `make images`'s); nothing is ever pulled from a registry here.
+tests/deploy/test_compose_stack.py runs the stack itself.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import json
+import platform
 import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,19 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "python:3.11-slim"
+
+
+def debian_suite() -> str:
+    """This host's Debian release, which `make images` builds from."""
+    try:
+        return platform.freedesktop_os_release().get("VERSION_CODENAME") or "bookworm"
+    except OSError:
+        return "bookworm"
+
+
+# What `make images` builds in its place (scripts/build-images.sh): Debian's Python, and a build
+# stage that brings the wheels of requirements.lock.
+LOCAL_BASE_IMAGES = (f"freight/python:{debian_suite()}", f"freight/python-build:{debian_suite()}")
 FREIGHT_SERVICES = ("migrate", "filestore", "api", "scheduler", "runner")
 # Fixed inside the container by the image and its mounts (the published port is
 # FREIGHT_API_PORT; the host's tokens file is FREIGHT_TOKENS_PATH).
@@ -37,19 +52,10 @@ RUNNER_HOST_ENV = {"FREIGHT_AMQP_URL": "amqp://u:p@broker:5672/", "FREIGHT_RUNNE
 # -- loading as compose does ----------------------------------------------------------------
 
 
-class Reset:
-    """compose's `!reset`: the override removes what the file before it set."""
-
-
-class ComposeLoader(yaml.SafeLoader):
-    pass
-
-
-ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
-
-
 def load(name: str) -> Any:
-    return yaml.load((ROOT / name).read_text(), Loader=ComposeLoader)  # noqa: S506 - safe loader
+    # A plain YAML loader, as docker-compose 1.29's: compose v2's tags (`!reset`, `!override`)
+    # would fail here as they fail there.
+    return yaml.safe_load((ROOT / name).read_text())
 
 
 _VARIABLE = re.compile(
@@ -89,16 +95,10 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
 
 
 def merge(base: Any, override: Any) -> Any:
-    """Override files as compose merges them: mappings merge, `!reset` removes, others replace."""
+    """Override files as compose merges them: mappings merge, others replace."""
     if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            if isinstance(value, Reset):
-                merged.pop(key, None)
-            else:
-                merged[key] = merge(base.get(key), value)
-        return merged
-    return override
+        return {key: merge(base.get(key), override.get(key)) for key in base | override}
+    return base if override is None else override
 
 
 def project(*files: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -119,11 +119,12 @@ def schema_errors(document: dict[str, Any]) -> list[str]:
 
 
 PROJECTS = {
-    "gpu host": ("compose.yaml",),
-    "cpu host": ("compose.yaml", "compose.cpu.yaml"),
+    "cpu host": ("compose.yaml",),
+    "gpu host": ("compose.yaml", "compose.gpu.yaml"),
     "one more runner": ("compose.runner.yaml",),
-    "one more cpu runner": ("compose.runner.yaml", "compose.cpu.yaml"),
+    "one more gpu runner": ("compose.runner.yaml", "compose.gpu.yaml"),
 }
+COMPOSE_FILES = sorted({name for files in PROJECTS.values() for name in files})
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,25 @@ def test_compose_files_pass_compose_own_config_check(files):
         env={"PATH": "/usr/bin:/bin:/usr/local/bin", **RUNNER_HOST_ENV},
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_files_use_nothing_docker_compose_1_29_lacks(name):
+    """Debian's docker-compose (1.29) reads these files too: no compose v2 tags or `include`."""
+
+    def tags(node: yaml.Node) -> Iterator[str]:
+        yield node.tag
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                yield from tags(key)
+                yield from tags(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                yield from tags(item)
+
+    document = yaml.compose((ROOT / name).read_text(), Loader=yaml.SafeLoader)
+    assert [tag for tag in tags(document) if tag.startswith("!")] == [], name
+    assert "include" not in load(name), f"{name}: `include` is compose v2's"
 
 
 def test_the_schema_check_catches_what_compose_would_refuse():
@@ -205,14 +225,18 @@ def test_services_wait_for_the_migration_and_healthy_dependencies(compose):
             assert dependency in services, (name, dependency)
 
 
-def test_runner_mounts_the_docker_socket_and_reserves_gpus_unless_cpu_only(compose):
+def test_runner_mounts_the_docker_socket_and_reserves_gpus_with_the_gpu_override(compose):
     runner = compose["services"]["runner"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in runner["volumes"]
-    devices = runner["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
-    cpu_only = project("compose.yaml", "compose.cpu.yaml")["services"]["runner"]
-    assert "deploy" not in cpu_only
-    assert cpu_only["volumes"] == runner["volumes"]
+    assert "deploy" not in runner
+    for files in (
+        ("compose.yaml", "compose.gpu.yaml"),
+        ("compose.runner.yaml", "compose.gpu.yaml"),
+    ):
+        gpu = project(*files, env=RUNNER_HOST_ENV)["services"]["runner"]
+        devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}], files
+        assert "/var/run/docker.sock:/var/run/docker.sock" in gpu["volumes"], files
 
 
 def test_runner_keeps_its_own_database_and_the_others_share_postgres(compose):
@@ -235,7 +259,10 @@ def test_every_setting_comes_from_the_environment_with_a_default():
                 continue
             assert "${" in str(value), f"{name}: {variable}={value!r} cannot be set"
     overridden = project("compose.yaml", env={"FREIGHT_API_PORT": "8080", "FREIGHT_RUNNER_ID": "x"})
-    assert overridden["services"]["api"]["ports"] == ["8080:5000"]
+    assert overridden["services"]["api"]["ports"] == ["0.0.0.0:8080:5000"]
+    local = project("compose.yaml", env={"FREIGHT_PUBLISH_ADDRESS": "127.0.0.1"})
+    for service in ("api", "rabbitmq"):
+        assert all(p.startswith("127.0.0.1:") for p in local["services"][service]["ports"])
     assert overridden["services"]["runner"]["environment"]["FREIGHT_RUNNER_ID"] == "x"
 
 
@@ -245,6 +272,7 @@ def test_every_setting_comes_from_the_environment_with_a_default():
 def test_dockerfile_pins_its_dependencies_and_runs_freight():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"ARG PYTHON_IMAGE={BASE_IMAGE}" in dockerfile
+    assert "ARG BUILD_IMAGE=${PYTHON_IMAGE}" in dockerfile
     assert "pip install -r /src/requirements.lock" in dockerfile
     assert 'ENTRYPOINT ["freight"]' in dockerfile
     assert re.search(r"^USER freight$", dockerfile, re.MULTILINE)
@@ -271,15 +299,33 @@ def test_requirements_lock_pins_every_runtime_dependency():
 def test_the_image_builds_and_runs_freight():
     if shutil.which("docker") is None:
         pytest.skip("no docker command here")
-    present = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True)
-    if present.returncode != 0:
+
+    def present(image: str) -> bool:
+        return (
+            subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode
+            == 0
+        )
+
+    if present(BASE_IMAGE):
+        build_args: list[str] = []
+    elif all(map(present, LOCAL_BASE_IMAGES)):
+        python, python_build = LOCAL_BASE_IMAGES
+        build_args = [
+            "--build-arg",
+            f"PYTHON_IMAGE={python}",
+            "--build-arg",
+            f"BUILD_IMAGE={python_build}",
+        ]
+    else:
         pytest.skip(
-            f"the base image {BASE_IMAGE} is not on this machine and no registry is reachable "
-            f"from it; where one is, `docker pull {BASE_IMAGE}` and this test builds the image"
+            f"neither the base image {BASE_IMAGE} nor `make images`'s {LOCAL_BASE_IMAGES[0]} is "
+            f"on this machine: `docker pull {BASE_IMAGE}` or `make images`"
         )
     tag = "freight:compose-test"
     build = subprocess.run(
-        ["docker", "build", "--pull=false", "-t", tag, str(ROOT)], capture_output=True, text=True
+        ["docker", "build", "--pull=false", *build_args, "-t", tag, str(ROOT)],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     try:

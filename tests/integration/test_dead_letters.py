@@ -7,9 +7,7 @@ to run."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +27,7 @@ from shared.config import Settings
 from shared.consumer import LogBehindProjection, Logged, Projection, StreamConsumer
 from shared.db import create_engine, migrate
 from shared.events import Event, EventFactory, EventType, encode, utcnow
+from tests.integration.consuming import consuming, run_until_raises
 from tests.waiting import wait_until
 
 new_event = EventFactory("test")
@@ -99,28 +98,6 @@ def append_raw(settings: Settings, topology: Topology, *bodies: bytes) -> None:
     for body in bodies:
         channel.basic_publish("", topology.events_stream, body)
     connection.close()
-
-
-@contextmanager
-def consuming(
-    settings: Settings,
-    topology: Topology,
-    engine: sa.Engine,
-    projection: Projection,
-    **options: Any,
-) -> Iterator[StreamConsumer]:
-    consumer = StreamConsumer(
-        settings.amqp_url, topology, engine, projection, batch_size=50, tick_interval=0.1, **options
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield consumer
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
 class NoLiveHeartbeats:
@@ -305,26 +282,6 @@ def test_old_dead_letters_are_pruned(settings, topology, engine, publisher):
     # A consumer prunes when it starts, then once a minute.
     with consuming(settings, topology, engine, projection, dead_letter_retention=0.0):
         wait_until(lambda: rows(engine, schema.dead_letters) == [], what="its letter pruned")
-
-
-def run_until_raises(consumer: StreamConsumer) -> BaseException:
-    raised: list[BaseException] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            consumer.run(stop)
-        except BaseException as exc:
-            raised.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: not thread.is_alive(), what="the consumer to refuse")
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    return raised[0]
 
 
 def test_a_database_ahead_of_a_recreated_stream_refuses_to_run(

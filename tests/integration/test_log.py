@@ -3,9 +3,8 @@ exactly once across restarts, redeliveries and poison messages, on SQLite and Po
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
 
 import pika
 import pytest
@@ -17,6 +16,7 @@ from shared.bus import BrokerUnavailable, Publisher
 from shared.consumer import StreamConsumer
 from shared.db import create_engine, migrate
 from shared.events import EventFactory, EventType
+from tests.integration.consuming import consuming
 from tests.waiting import wait_until
 
 new_event = EventFactory("test")
@@ -34,19 +34,9 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@contextmanager
-def consuming(settings, topology, engine, publisher) -> Iterator[StreamConsumer]:
+def consuming_api(settings, topology, engine, publisher) -> ContextManager[StreamConsumer]:
     projection = ApiProjection(engine, publisher, settings.response_exchange)
-    consumer = StreamConsumer(settings.amqp_url, topology, engine, projection, batch_size=50)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield consumer
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    return consuming(settings, topology, engine, projection, tick_interval=1.0)
 
 
 def count(engine: sa.Engine, table: sa.Table) -> int:
@@ -61,7 +51,7 @@ def stored_offset(engine: sa.Engine) -> int | None:
 
 def test_each_event_is_applied_once_across_restarts(settings, topology, engine, publisher):
     publisher.append(*[submitted(n) for n in range(120)])
-    with consuming(settings, topology, engine, publisher):
+    with consuming_api(settings, topology, engine, publisher):
         wait_until(lambda: count(engine, schema.jobs) == 120, what="120 jobs projected")
     first_offset = stored_offset(engine)
     assert first_offset is not None
@@ -69,7 +59,7 @@ def test_each_event_is_applied_once_across_restarts(settings, topology, engine, 
     # While the consumer is down: new events, and one event published twice.
     again = submitted(120)
     publisher.append(again, again, *[submitted(n) for n in range(121, 130)])
-    with consuming(settings, topology, engine, publisher):
+    with consuming_api(settings, topology, engine, publisher):
         wait_until(lambda: count(engine, schema.jobs) == 130, what="130 jobs projected")
         wait_until(lambda: stored_offset(engine) == first_offset + 11, what="offset stored")
     assert count(engine, schema.events) == 130
@@ -84,7 +74,7 @@ def test_poison_message_is_dead_lettered_and_the_consumer_goes_on(
     channel.basic_publish("", topology.events_stream, b"\xff not an event")
     connection.close()
     publisher.append(submitted(1))
-    with consuming(settings, topology, engine, publisher) as consumer:
+    with consuming_api(settings, topology, engine, publisher) as consumer:
         wait_until(lambda: count(engine, schema.jobs) == 1, what="the good event projected")
         assert consumer.dead_lettered == 1
     with engine.connect() as db:
@@ -102,7 +92,7 @@ def test_ended_job_is_announced_on_job_response(settings, topology, engine, publ
     publisher.append(
         submitted(1), submitted(2), new_event(EventType.JOB_CANCEL_REQUESTED, "job-0001")
     )
-    with consuming(settings, topology, engine, publisher):
+    with consuming_api(settings, topology, engine, publisher):
         body = wait_until(lambda: channel.basic_get(mine, auto_ack=True)[2], what="job_response")
     assert b'"job_id": "job-0001"' in body and b'"status": "FAILED"' in body
     # The shared queue got it too, and nothing for the job that has not ended.
