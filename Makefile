@@ -8,7 +8,7 @@ PYTHON ?= python3
 export FREIGHT_AMQP_URL ?= amqp://guest:guest@localhost:5672/
 export FREIGHT_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install up test lint bench docker images clean lock image
+.PHONY: install up test lint bench docker images clean lock image tes-compliance
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The GA4GH TES compliance suite against a running API (`make up`); skipped with a message where
+# the suite cannot be installed (scripts/tes-compliance.sh, docs/tes.md).
+tes-compliance:
+	bash scripts/tes-compliance.sh
 
 bench: install docker
 	$(BIN)/python -m bench

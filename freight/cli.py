@@ -5,43 +5,76 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 
+from freight import completion
 from freight.commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    FreightArgumentParser,
     UsageError,
     add_user_commands,
 )
 from freight.dead_letters import add_dead_letter_commands, run_dead_letter_command
 from freight.errors import ConnectionFailed, FreightError, Unavailable
+from freight.job_ids import (
+    PAGE_SIZE,
+    AmbiguousJobId,
+    UnknownJobId,
+    is_full_id,
+    resolve_job_id,
+)
+from freight.login import TokenRefused, add_login_command, login
 from freight.tokens import add_token_commands, run_token_command
 
 SERVICES = ("api", "scheduler", "runner", "filestore")
 SERVICE_COMMANDS = ("serve", "migrate", "up")
+# The services' own commands run no job, so they keep the usual codes.
+SERVICE_EXIT_FAILED = 1
+SERVICE_EXIT_USAGE = 2
+# What `wait` and `logs -f` say on Ctrl-C to get back to the job.
+REATTACH = {
+    "logs": "freight logs -f {id}",
+    "submit": "freight wait {id}",
+    "wait": "freight wait {id}",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS, so that an option given before the subcommand is not reset by it:
+    # `freight --json ls` and `freight ls --json`, `freight --url U ls` and `freight ls --url U`.
     common.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS,  # so that `freight --json ls` is not reset by the subcommand
-        help="print JSON for scripts",
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
     )
-    parser = argparse.ArgumentParser(prog="freight", description=__doc__, parents=[common])
-    parser.add_argument(
-        "--url", help="the Freight API (default: $FREIGHT_URL, else http://127.0.0.1:5000)"
+    common.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help="the Freight API (default: $FREIGHT_URL, else the config file's, else "
+        "http://127.0.0.1:5000)",
     )
+    parser = FreightArgumentParser(prog="freight", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"freight {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_user_commands(commands, common)
+    add_login_command(commands, common)
     _add_service_commands(commands)
     add_token_commands(commands, common)
     add_dead_letter_commands(commands, common)
+    shells = commands.add_parser("completion", help="print a shell completion script")
+    shells.add_argument("shell", choices=completion.SHELLS)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("freight")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _add_service_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -63,6 +96,10 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:  # type
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.url = getattr(args, "url", None)
+    if args.command == "completion":
+        sys.stdout.write(completion.script(parser, args.shell))
+        return 0
     if args.command in SERVICE_COMMANDS:
         return run_service_command(args)
     args.json = getattr(args, "json", False)
@@ -74,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_user_command(args: argparse.Namespace) -> int:
-    from freight.client import Client
-
     try:
-        with Client(args.url) as client:
-            return int(args.run(client, args))
-    except UsageError as exc:
+        return _run_user_command(args)
+    except (UsageError, AmbiguousJobId, TokenRefused) as exc:
         _error(str(exc))
         return EXIT_USAGE
+    except UnknownJobId as exc:
+        _error(str(exc))
+        return EXIT_FAILED
     except (ConnectionFailed, Unavailable) as exc:
         _error(exc.message)
         return EXIT_UNREACHABLE
@@ -90,13 +127,29 @@ def run_user_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         job_id = getattr(args, "job_id", None)
-        if args.command in ("wait", "logs") and job_id:
-            _error(f"stopped; job {job_id} goes on (`freight cancel {job_id}` stops it)")
+        if args.command in REATTACH and job_id:
+            again = REATTACH[args.command].format(id=job_id)
+            _error(
+                f"stopped; job {job_id} goes on: `{again}` gets back to it, "
+                f"`freight cancel {job_id}` stops it"
+            )
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`freight logs ID | head`): stop quietly, as `cat` does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+
+
+def _run_user_command(args: argparse.Namespace) -> int:
+    from freight.client import Client
+
+    if args.command == "login":
+        return login(args)
+    with Client(args.url) as client:
+        job_id = getattr(args, "job_id", None)
+        if job_id and not is_full_id(job_id):
+            args.job_id = resolve_job_id(job_id, client.list("all", page_size=PAGE_SIZE))
+        return int(args.run(client, args))
 
 
 def run_service_command(args: argparse.Namespace) -> int:
@@ -107,7 +160,7 @@ def run_service_command(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"freight: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return SERVICE_EXIT_USAGE
 
     if args.command == "serve":
         configure_logging(args.service, settings.log_level)
@@ -118,10 +171,10 @@ def run_service_command(args: argparse.Namespace) -> int:
             module.serve(settings)
         except ConfigError as exc:  # a setting it cannot start with, e.g. an unsafe bind
             print(f"freight serve {args.service}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return SERVICE_EXIT_USAGE
         except LogUnusable as exc:  # its database is ahead of the stream, or the stream cut
             print(f"freight serve {args.service}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return SERVICE_EXIT_FAILED
         return 0
     if args.command == "migrate":
         from shared.db import create_engine
@@ -130,7 +183,7 @@ def run_service_command(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.services) - set(SERVICES))
         if unknown:
             print(f"freight migrate: unknown service {unknown[0]!r}", file=sys.stderr)
-            return 2
+            return SERVICE_EXIT_USAGE
         for service in args.services or SERVICES:
             run_migrate(create_engine(settings.database_url_for(service)), service)
             print(f"{service}: schema up to date")

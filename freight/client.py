@@ -16,26 +16,21 @@ import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import quote
+from typing import Any, BinaryIO, TypeVar
 
 import requests
 
+from freight import calls
+from freight.calls import Call, Cancellation, LineSplitter, Submission, segment
 from freight.credentials import Credentials
-from freight.errors import (
-    ConnectionFailed,
-    FreightError,
-    InvalidRequest,
-    Unavailable,
-    WaitTimedOut,
-    error_for_status,
-)
-from freight.jobspec import PAIR_FIELDS
+from freight.errors import ConnectionFailed, FreightError, InvalidRequest, Unavailable, WaitTimedOut
 from freight.models import Event, FileEntry, Job, Submitted
 from freight.multipart import MultipartBody, Upload
 from freight.responses import JobResponses, ResponsesUnreachable
+from freight.retry import RETRYABLE, RetryPolicy
+
+__all__ = ["Cancellation", "Client", "Files", "Progress"]
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -46,21 +41,13 @@ DOWNLOAD_CHUNK = 256 * 1024
 # While waiting with a job_response listener we still look at the job this often, to show its
 # status as it moves and to survive a response lost with a broker restart.
 STATUS_EVERY = 2.0
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-SUBMIT_TRIES = 3
-SUBMIT_RETRY_DELAY = 1.0  # seconds, times the attempt's number
 
 # Called with (bytes so far, total bytes or None when unknown) as a transfer goes.
 Progress = Callable[[int, int | None], None]
 # Sources for `submit(files=...)`: {dest: path or binary file} or [(path or file, dest), ...].
-Files = Mapping[str, "str | os.PathLike[str] | BinaryIO"] | Sequence[tuple[Any, str]]
+Files = Mapping[str, "str | os.PathLike[str] | BinaryIO | bytes"] | Sequence[tuple[Any, str]]
 
-
-@dataclass(frozen=True)
-class Cancellation:
-    job_id: str
-    message: str
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+R = TypeVar("R")
 
 
 class Client:
@@ -72,10 +59,15 @@ class Client:
         amqp_url: str | None = None,
         response_exchange: str | None = None,
         timeout: float = READ_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ):
+        """`retry`: how requests that are safe to repeat are retried after a 503 or a broken
+        connection (freight/retry.py; by default 5 retries within 120 s, FREIGHT_RETRIES and
+        FREIGHT_RETRY_FOR override them); `RetryPolicy(retries=0)` sends each once."""
         # The argument, else FREIGHT_URL / FREIGHT_TOKEN, else ~/.config/freight/config (0600).
         credentials = Credentials(url, token)
-        self.url = _normalize(credentials.url or DEFAULT_URL)
+        self.url = normalize_url(credentials.url or DEFAULT_URL)
         self.amqp_url = amqp_url or os.environ.get("FREIGHT_AMQP_URL") or DEFAULT_AMQP_URL
         self.response_exchange = (
             response_exchange
@@ -83,6 +75,8 @@ class Client:
             or DEFAULT_RESPONSE_EXCHANGE
         )
         self._timeout = timeout
+        self._retry = retry if retry is not None else RetryPolicy.from_env()
+        self._sleep = sleep
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "freight-client"
         if credentials.token:
@@ -129,95 +123,69 @@ class Client:
         same key within 24 hours answers with the job it first made. The submission is retried
         with it when Freight answers 503 or the connection breaks; give your own key to retry
         safely across calls, or across restarts of your program."""
-        request: dict[str, Any] = {
-            "command": command,
-            "name": name,
-            "labels": labels,
-            "image": image,
-            "gpus": gpus,
-            "gpu_memory": gpu_memory,
-            "cpus": cpus,
-            "memory": memory,
-            "env": env,
-            "secret_env": secret_env,
-            "timeout": timeout,
-            "max_attempts": max_attempts,
-            "priority": priority,
-        }
-        fields = {k: v for k, v in request.items() if v is not None and k not in PAIR_FIELDS}
-        pairs = {k: dict(request[k]) for k in PAIR_FIELDS if request[k]}
-        headers = {IDEMPOTENCY_HEADER: idempotency_key or str(uuid.uuid4())}
-        uploads = _uploads(files)
+        submission = Submission.of(
+            {
+                "command": command,
+                "name": name,
+                "labels": labels,
+                "image": image,
+                "gpus": gpus,
+                "gpu_memory": gpu_memory,
+                "cpus": cpus,
+                "memory": memory,
+                "env": env,
+                "secret_env": secret_env,
+                "timeout": timeout,
+                "max_attempts": max_attempts,
+                "priority": priority,
+            },
+            idempotency_key,
+        )
+        uploads = uploads_of(files)
         if not uploads:
-            body = fields | pairs
-            return self._submit(
-                lambda: self._request("POST", "/jobs", json=body, headers=headers), retry=True
-            )
-        # A form sends a map as one KEY=VALUE field per entry.
-        form = [(k, str(v)) for k, v in fields.items()]
-        form += [(k, f"{key}={value}") for k, pair in pairs.items() for key, value in pair.items()]
+            return self._call(submission.json_call())
 
         def send() -> requests.Response:
-            body = MultipartBody(form, uploads, _counter(on_upload, uploads))
-            return self._request(
+            body = MultipartBody(submission.form(), uploads, upload_counter(on_upload, uploads))
+            return self._send_once(
                 "POST",
                 "/jobs",
                 # A body of known length is sent with Content-Length, else chunked.
                 data=body if body.length is not None else iter(body),
-                headers={**headers, "Content-Type": body.content_type},
+                headers={**submission.headers, "Content-Type": body.content_type},
                 timeout=(CONNECT_TIMEOUT, None),
             )
 
-        # A file object can be read once; files named by path can be sent again.
-        replayable = all(isinstance(u.source, str | os.PathLike) for u in uploads)
-        return self._submit(send, retry=replayable)
-
-    def _submit(self, send: Callable[[], requests.Response], retry: bool) -> Submitted:
-        """Send the submission, again after a 503 or a broken connection while `retry`: its
-        Idempotency-Key makes a job that was accepted all the same come back, not twice."""
-        attempt = 1
-        while True:
-            try:
-                response = send()
-            except (Unavailable, ConnectionFailed):
-                if not retry or attempt >= SUBMIT_TRIES:
-                    raise
-                time.sleep(SUBMIT_RETRY_DELAY * attempt)
-                attempt += 1
-            else:
-                return Submitted.from_json(self._body(response, "POST", "/jobs"))
+        # A file object can be read once; files named by path or given as bytes can be sent again.
+        replayable = all(u.replayable for u in uploads)
+        response = self._retrying(send) if replayable else send()
+        return Submitted.from_json(self._body(response, "POST", "/jobs"))
 
     def get(self, job_id: str) -> Job:
-        return Job.from_json(self._json("GET", f"/jobs/{_segment(job_id)}"))
+        return self._call(calls.get_job(job_id))
 
     def list(
         self, status: str | Iterable[str] | None = None, *, page_size: int = 100
     ) -> Iterator[Job]:
         """Jobs newest first, every page; by default the unfinished ones, `status="all"` for
         every job, or statuses such as ["COMPLETE", "FAILED"]."""
-        params: dict[str, Any] = {"limit": page_size}
-        if status is not None:
-            params["status"] = status if isinstance(status, str) else ",".join(status)
-        page = self._json("GET", "/jobs", params=params)
+        page = self._call(calls.jobs_page(status, page_size))
         while True:
-            yield from (Job.from_json(raw) for raw in page["results"])
-            if not page.get("next"):
+            yield from page.jobs
+            if page.next is None:
                 return
-            page = self._json("GET", page["next"])
+            page = self._call(calls.next_jobs_page(page.next))
 
     def cancel(self, job_id: str) -> Cancellation:
-        raw = self._json("DELETE", f"/jobs/{_segment(job_id)}")
-        return Cancellation(raw.get("id", job_id), raw.get("message", ""), raw)
+        return self._call(calls.cancel_job(job_id))
 
     def usage(self, owner: str | None = None) -> builtins.list[dict[str, Any]]:
         """What each owner's ended jobs used: `{owner, jobs, run_seconds, gpu_seconds,
         cpu_seconds}`, most GPU-seconds first; a user sees their own only."""
-        params = {"owner": owner} if owner else None
-        return list(self._json("GET", "/usage", params=params)["results"])
+        return self._call(calls.owner_usage(owner))
 
     def events(self, job_id: str) -> builtins.list[Event]:
-        raw = self._json("GET", f"/jobs/{_segment(job_id)}/events")
-        return [Event.from_json(e) for e in raw["events"]]
+        return self._call(calls.job_events(job_id))
 
     # -- logs ------------------------------------------------------------------------------
 
@@ -241,14 +209,13 @@ class Client:
         follow: bool = False,
     ) -> Iterator[bytes]:
         """The output as raw chunks as they arrive: any size of log in bounded memory."""
-        params: dict[str, Any] = {"stream": stream, "tail": tail}
-        if follow:
-            params["follow"] = "true"
+        call = calls.job_logs(job_id, stream, tail, follow)
+        # Only the request is retried: a stream cut short ends the iteration with an error.
         response = self._request(
-            "GET",
-            f"/jobs/{_segment(job_id)}/logs",
-            params={k: v for k, v in params.items() if v is not None},
-            headers={"Accept": "text/plain"},
+            call.method,
+            call.path,
+            params=call.params,
+            headers=call.headers,
             stream=True,
             timeout=(CONNECT_TIMEOUT, None if follow else self._timeout),
         )
@@ -290,7 +257,7 @@ class Client:
     def _files(self, job_id: str, path: str) -> requests.Response:
         return self._request(
             "GET",
-            f"/jobs/{_segment(job_id)}/files",
+            f"/jobs/{segment(job_id)}/files",
             params={"path": path},
             stream=True,
             timeout=(CONNECT_TIMEOUT, self._timeout),
@@ -336,28 +303,38 @@ class Client:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._body(self._request(method, path, **kwargs), method, path)
+    def _call(self, call: Call[R]) -> R:
+        send = self._request if call.idempotent else self._send_once
+        response = send(
+            call.method, call.path, params=call.params, json=call.json, headers=call.headers
+        )
+        return call.read(self._body(response, call.method, call.path))
 
     def _body(self, response: requests.Response, method: str, path: str) -> Any:
         try:
             return response.json()
         except ValueError:
-            raise FreightError(
-                f"Freight at {self.url} answered {method} {path} with something other than "
-                f"JSON (HTTP {response.status_code}); is FREIGHT_URL the Freight API?"
-            ) from None
+            raise calls.not_json(self.url, method, path, response.status_code) from None
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A request that is safe to repeat, retried under the client's policy."""
+        return self._retrying(lambda: self._send_once(method, path, **kwargs))
+
+    def _retrying(self, send: Callable[[], R]) -> R:
+        attempts = self._retry.start()
+        while True:
+            try:
+                return send()
+            except RETRYABLE as exc:
+                self._sleep(attempts.wait_before_retry(exc))
+
+    def _send_once(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", (CONNECT_TIMEOUT, self._timeout))
         url = self.url + path
         try:
             response = self._session.request(method, url, **kwargs)
         except requests.ConnectionError as exc:
-            raise ConnectionFailed(
-                f"cannot reach Freight at {self.url}: is `make up` running? "
-                "(set FREIGHT_URL to use another server)"
-            ) from exc
+            raise ConnectionFailed(calls.unreachable(self.url)) from exc
         except requests.Timeout as exc:
             raise FreightError(
                 f"Freight at {self.url} did not answer {method} {path} in time"
@@ -366,7 +343,13 @@ class Client:
             raise FreightError(f"request to Freight at {self.url} failed: {exc}") from exc
         if response.status_code >= 400:
             with response:
-                raise _api_error(response, f"{method} {path.split('?')[0]}")
+                raise calls.api_error(
+                    response.status_code,
+                    response.reason,
+                    response.text,
+                    response.headers,
+                    f"{method} {path.split('?')[0]}",
+                )
         return response
 
 
@@ -420,16 +403,12 @@ class _Waiting:
             raise WaitTimedOut(f"job {self._job_id} has not ended yet; it goes on running")
 
 
-def _normalize(url: str) -> str:
+def normalize_url(url: str) -> str:
     url = url.strip().rstrip("/")
     return url if "://" in url else f"http://{url}"
 
 
-def _segment(job_id: str) -> str:
-    return quote(job_id, safe="")
-
-
-def _uploads(files: Files | None) -> list[Upload]:
+def uploads_of(files: Files | None) -> list[Upload]:
     if not files:
         return []
     if isinstance(files, Mapping):
@@ -437,7 +416,9 @@ def _uploads(files: Files | None) -> list[Upload]:
     return [Upload(source, dest) for source, dest in files]
 
 
-def _counter(progress: Progress | None, uploads: Sequence[Upload]) -> Callable[[int], None] | None:
+def upload_counter(
+    progress: Progress | None, uploads: Sequence[Upload]
+) -> Callable[[int], None] | None:
     if progress is None:
         return None
     sizes = [u.size() for u in uploads]
@@ -453,25 +434,6 @@ def _counter(progress: Progress | None, uploads: Sequence[Upload]) -> Callable[[
     return count
 
 
-def _api_error(response: requests.Response, request: str) -> FreightError:
-    error, message = None, ""
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            error, message = body.get("error"), str(body.get("message") or "")
-    except ValueError:
-        message = response.text[:300].strip()
-    if not message:
-        message = f"HTTP {response.status_code} {response.reason}"
-    if response.status_code == 401:
-        message += " (set FREIGHT_TOKEN, or `token = ...` in ~/.config/freight/config, mode 0600)"
-    if response.status_code in (404, 405) and message.startswith(str(response.status_code)):
-        # Falcon's bare "404 Not Found": not a missing job but a missing route, so a server
-        # older than this client (a missing job or file is named in the message).
-        message = f"{message}: this Freight server does not serve {request}; is it up to date?"
-    return error_for_status(response.status_code, error, message)
-
-
 def _chunks(response: requests.Response, url: str) -> Iterator[bytes]:
     try:
         yield from response.iter_content(chunk_size=None)
@@ -480,14 +442,10 @@ def _chunks(response: requests.Response, url: str) -> Iterator[bytes]:
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    pending = b""
+    lines = LineSplitter()
     for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line.decode(errors="replace")
-    if pending:
-        yield pending.decode(errors="replace")
+        yield from lines.feed(chunk)
+    yield from lines.rest()
 
 
 def _listing(response: requests.Response) -> dict[str, Any] | None:

@@ -10,27 +10,39 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from freight import render
+from freight import render, transfers
 from freight.client import Client
 from freight.errors import WaitTimedOut
 from freight.jobspec import JobSpec
 from freight.models import Job
 from freight.progress import ProgressBar, Spinner
 
+# `submit --wait` and `wait` exit with the job's own exit code, so Freight's codes sit where a
+# job's seldom do: above 250, clear of the shell's 126/127 and of 128+N (killed by signal N:
+# 137 out of memory, 143 cancelled while running). Ctrl-C keeps the shell's 130.
 EXIT_OK = 0
-EXIT_FAILED = 1  # the API refused the request, or the job failed without an exit code
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3  # no answer from Freight, or it is up but unavailable (503)
-EXIT_WAIT_TIMED_OUT = 124  # as timeout(1): `wait --timeout` ran out, the job goes on
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C; the job goes on
+EXIT_NO_EXIT_CODE = 251  # the job failed before its command ran (cancelled while queued...)
+EXIT_WAIT_TIMED_OUT = 252  # `wait --timeout` ran out; the job goes on
+EXIT_FAILED = 253  # the API refused the request (an unknown job, one that already ended...)
+EXIT_USAGE = 254  # bad arguments, a local file missing or unreadable, an ambiguous job id
+EXIT_UNREACHABLE = 255  # no answer from Freight, or up but unavailable (503): retry; as ssh's
 
 Command = Callable[[Client, argparse.Namespace], int]
 
 
 class UsageError(Exception):
     """Arguments that parse but make no sense (a missing local file, a bad KEY=VALUE)."""
+
+
+class FreightArgumentParser(argparse.ArgumentParser):
+    """Exits EXIT_USAGE on bad arguments, not argparse's 2, which a job may well exit with."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def add_user_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -99,9 +111,13 @@ def add_user_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     files_ls.add_argument("job_id", metavar="ID")
     files_ls.add_argument("path", metavar="PATH", nargs="?", default="/job")
     files_get = actions.add_parser(
-        "get", help="download a file of the job", parents=[common], description="download a file"
+        "get",
+        help="download a file (or with -r a directory) of the job",
+        parents=[common],
+        description="download a file, or with -r a directory and everything under it",
     )
     files_get.set_defaults(run=get_file)
+    files_get.add_argument("-r", "--recursive", action="store_true", help="PATH is a directory")
     files_get.add_argument("job_id", metavar="ID")
     files_get.add_argument("path", metavar="PATH")
     files_get.add_argument(
@@ -146,7 +162,8 @@ def _add_job_spec_options(submit: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="LOCAL[:DEST]",
-        help="upload LOCAL to DEST in the job (default: its name, under /job)",
+        help="upload LOCAL, a file or a directory, to DEST in the job (default: its name, "
+        "under /job); a directory's files keep their paths under DEST",
     )
 
 
@@ -154,7 +171,7 @@ def _add_job_spec_options(submit: argparse.ArgumentParser) -> None:
 
 
 def submit_job(client: Client, args: argparse.Namespace) -> int:
-    uploads = [_upload(spec) for spec in args.file]
+    uploads = [upload for spec in args.file for upload in _uploads(spec)]
     env = {**_env_files(args.env_file), **_pairs("--env", args.env)}
     bar = ProgressBar("uploading", _total_size(uploads)) if uploads else None
     submitted = client.submit(
@@ -177,7 +194,7 @@ def submit_job(client: Client, args: argparse.Namespace) -> int:
     )
     if bar:
         bar.close()
-    job_id = submitted.job_id
+    job_id = args.job_id = submitted.job_id  # for the Ctrl-C message
     if args.follow:
         _note(f"job {job_id} submitted")
         if args.json:
@@ -260,12 +277,13 @@ def list_files(client: Client, args: argparse.Namespace) -> int:
 
 def get_file(client: Client, args: argparse.Namespace) -> int:
     name = os.path.basename(args.path.rstrip("/")) or "download"
+    if args.recursive:
+        return get_directory(client, args, name)
     if args.output == "-":
         written = client.files_get(args.job_id, args.path, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return EXIT_OK
-    local = Path(args.output or name).expanduser()
-    local = local / name if local.is_dir() else local
+    local = _local_target(args.output or name, name)
     with ProgressBar(f"downloading {name}", None) as bar:
         written = client.files_get(args.job_id, args.path, local, on_download=bar.show)
     if args.json:
@@ -276,7 +294,51 @@ def get_file(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def get_directory(client: Client, args: argparse.Namespace, name: str) -> int:
+    """`files get -r`: the job's directory PATH and everything under it, as `cp -r` would."""
+    if args.output == "-":
+        raise UsageError("files get -r writes a directory: -o - (stdout) cannot take one")
+    local = _local_target(args.output or name, name)
+    tree = transfers.remote_tree(client, args.job_id, args.path)
+    with ProgressBar(f"downloading {name}/", tree.size) as bar:
+        try:
+            saved = list(
+                transfers.download_tree(client, args.job_id, args.path, tree, local, bar.show)
+            )
+        except transfers.TransferError as exc:
+            raise UsageError(str(exc)) from None
+    for entry in tree.others:
+        _note(f"freight: skipped {entry.path}: a {entry.type}, not a file")
+    if args.json:
+        _print_json(
+            {
+                "job_id": args.job_id,
+                "path": args.path,
+                "local": str(local),
+                "files": len(saved),
+                "symlinks": len(tree.symlinks),
+                "size": tree.size,
+            }
+        )
+    else:
+        links = f", {len(tree.symlinks)} symlinks" if tree.symlinks else ""
+        _note(f"saved {args.path} to {local} ({len(saved)} files{links}, {tree.size} bytes)")
+    return EXIT_OK
+
+
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _local_target(given: str, name: str) -> Path:
+    """Where a download goes: `given`, or `given`/`name` when it is a directory; its parent
+    must exist (a typo in -o is an error, not a new tree of directories)."""
+    local = Path(given).expanduser()
+    if local.is_dir():
+        return local / name
+    parent = local.parent
+    if not parent.is_dir():
+        raise UsageError(f"directory {parent} does not exist")
+    return local
 
 
 def _finish(client: Client, job_id: str, timeout: float | None, as_json: bool) -> int:
@@ -303,7 +365,7 @@ def job_exit_code(job: Job) -> int:
         return EXIT_OK
     if job.exit_code is not None and job.exit_code != 0:
         return job.exit_code & 0xFF
-    return EXIT_FAILED
+    return EXIT_NO_EXIT_CODE
 
 
 def _print_log_lines(
@@ -329,14 +391,22 @@ def _command_line(words: list[str]) -> str:
     return words[0] if len(words) == 1 else shlex.join(words)
 
 
-def _upload(spec: str) -> tuple[str, str]:
-    """LOCAL[:DEST] -> (local, dest); a local name that exists is taken whole, colons and all."""
+def _uploads(spec: str) -> list[tuple[str, str]]:
+    """LOCAL[:DEST] -> [(local, dest)]; a local name that exists is taken whole, colons and
+    all. A directory gives one upload per file beneath it (freight/transfers.py)."""
     local, dest = (spec, "") if os.path.exists(spec) else spec.partition(":")[::2]
     if not os.path.exists(local):
         raise UsageError(f"--file {spec}: no such file {local!r}")
-    if os.path.isdir(local):
-        raise UsageError(f"--file {spec}: {local!r} is a directory; upload files (or a tarball)")
-    return local, dest or os.path.basename(local)
+    dest = dest or os.path.basename(os.path.abspath(local))
+    if not os.path.isdir(local):
+        return [(local, dest)]
+    try:
+        directory = transfers.directory_upload(local, dest)
+    except transfers.TransferError as exc:
+        raise UsageError(f"--file {spec}: {exc}") from None
+    for empty in directory.empty_dirs:
+        _note(f"freight: --file {spec}: {empty} is empty; the job gets no directory for it")
+    return directory.files
 
 
 def _pairs(option: str, given: list[str]) -> dict[str, str]:

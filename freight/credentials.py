@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,6 +49,27 @@ def read_config(path: Path) -> dict[str, str]:
     except OSError as exc:
         raise FreightError(f"cannot read {path}: {exc.strerror}") from None
     return _parse(text, path)
+
+
+def write_config(path: Path, settings: Mapping[str, str]) -> None:
+    """Writes `settings` (url, token) to `path`, replacing the file whole. It is created mode
+    0600 (mkstemp's) in a 0700 directory and renamed into place: never readable by others, not
+    even for an instant, and never half written."""
+    unknown = set(settings) - set(KEYS)
+    if unknown:
+        raise ValueError(f"not config keys: {sorted(unknown)}")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = "".join(f"{key} = {settings[key]}\n" for key in KEYS if settings.get(key))
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _parse(text: str, path: Path) -> dict[str, str]:

@@ -20,7 +20,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from freight.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from shared.config import ConfigError, Settings
 from shared.db import create_engine
 from shared.dead_letters import DeadLetter, list_dead_letters, request_replay
@@ -28,6 +27,9 @@ from shared.events import utcnow
 
 SERVICES = ("api", "scheduler", "runner", "filestore")
 ERROR_WIDTH = 80
+
+# An operator's command runs no job, so it keeps the usual codes (not the CLI's 251-255).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _NotMigrated(Exception):

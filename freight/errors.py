@@ -6,11 +6,20 @@ from __future__ import annotations
 class FreightError(Exception):
     """Freight (or the way to it) refused or failed; `message` says what, and what to do."""
 
-    def __init__(self, message: str, *, status: int | None = None, error: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.error = error
+        # Seconds the server asked us to wait before trying again (its Retry-After), if any.
+        self.retry_after = retry_after
 
 
 class InvalidRequest(FreightError):
@@ -54,6 +63,8 @@ _BY_STATUS: dict[int, type[FreightError]] = {
 }
 
 
-def error_for_status(status: int, error: str | None, message: str) -> FreightError:
+def error_for_status(
+    status: int, error: str | None, message: str, retry_after: float | None = None
+) -> FreightError:
     kind = _BY_STATUS.get(status, FreightError)
-    return kind(message, status=status, error=error)
+    return kind(message, status=status, error=error, retry_after=retry_after)

@@ -23,16 +23,25 @@ OnSent = Callable[[int], None]
 class Upload:
     """One file to send: where it comes from, and its destination path in the job."""
 
-    source: str | os.PathLike[str] | BinaryIO
+    source: str | os.PathLike[str] | BinaryIO | bytes
     dest: str
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the body can be sent again: a file object can be read only once."""
+        return isinstance(self.source, str | os.PathLike | bytes)
 
     def open(self) -> tuple[BinaryIO, bool]:
         """The stream to read, and whether we opened it (and so must close it)."""
+        if isinstance(self.source, bytes):
+            return io.BytesIO(self.source), True
         if isinstance(self.source, str | os.PathLike):
             return open(self.source, "rb"), True  # noqa: SIM115 - closed by the body
         return self.source, False
 
     def size(self) -> int | None:
+        if isinstance(self.source, bytes):
+            return len(self.source)
         if isinstance(self.source, str | os.PathLike):
             return Path(self.source).stat().st_size
         try:

@@ -1,21 +1,13 @@
 #!/usr/bin/env bash
 # up.sh: run every Freight service locally on its embedded defaults (`make up`).
-# Makes sure a Docker engine answers and RabbitMQ is reachable, picks a job image that exists
-# here, then runs `freight up` (Ctrl-C stops everything).
+# Makes sure a Docker engine and RabbitMQ answer (installing and starting them as root on
+# Debian), picks a job image that exists here, then runs `freight up` (Ctrl-C stops everything).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/ensure-docker.sh
 
-amqp=${FREIGHT_AMQP_URL:-amqp://guest:guest@localhost:5672/}
-hostport=${amqp#*://}; hostport=${hostport#*@}; hostport=${hostport%%/*}
-host=${hostport%%:*}; port=${hostport##*:}; [ "$port" = "$hostport" ] && port=5672
-if ! timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; then
-    echo "up: RabbitMQ does not answer at $host:$port." >&2
-    echo "    Start it (Debian: apt-get install rabbitmq-server && rabbitmq-server -detached)" >&2
-    echo "    or point FREIGHT_AMQP_URL at a running one." >&2
-    exit 1
-fi
+bash scripts/ensure-rabbitmq.sh
 
 # Jobs need an image. A job that names one has it pulled on first use; the default must exist
 # here already, else a small busybox image is built from this machine's packages (no registry

@@ -80,6 +80,8 @@ class Settings:
     api_tokens_file: Path | None = None  # None: local use, everyone an anonymous admin
     secret_key: str | None = field(default=None, repr=False)  # seals jobs' secret_env
     allowed_images: tuple[str, ...] = ()  # fnmatch patterns; empty: any image
+    # Host directories TES tasks may read file:// inputs from and write outputs to (docs/tes.md).
+    tes_allowed_dirs: tuple[Path, ...] = ()
     job_pids_limit: int = 4096
     job_default_memory_mb: int = 4096  # a job that names no memory gets this; 0: no limit
     job_read_only: bool = False  # read-only root file system, a writable workdir and /tmp
@@ -206,6 +208,11 @@ class Settings:
             secret_key=env.get("FREIGHT_SECRET_KEY", "").strip() or None,
             allowed_images=tuple(
                 p.strip() for p in env.get("FREIGHT_ALLOWED_IMAGES", "").split(",") if p.strip()
+            ),
+            tes_allowed_dirs=tuple(
+                Path(p.strip()).expanduser()
+                for p in env.get("FREIGHT_TES_ALLOWED_DIRS", "").split(",")
+                if p.strip()
             ),
             job_pids_limit=int(number("JOB_PIDS_LIMIT", defaults.job_pids_limit, int, 16)),
             job_default_memory_mb=int(

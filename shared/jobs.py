@@ -68,6 +68,9 @@ class JobView:
     # Environment values sealed with FREIGHT_SECRET_KEY (shared/secret_env.py): only a runner
     # opens them, when it creates the container.
     secret_env: Mapping[str, str] = field(default_factory=dict)
+    # The GA4GH TES task this job runs, as it was created (services/api/tes_model.py); None for a
+    # job submitted through /jobs, and for every job from before TES.
+    tes: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Field by field, not dataclasses.asdict: its deep copy was most of a page's time.
@@ -160,6 +163,7 @@ def _submitted(event: Event) -> JobView:
         files=tuple(data.get("files") or ()),
         owner=str(data.get("owner") or "anonymous"),
         secret_env=dict(data.get("secret_env") or {}),
+        tes=data.get("tes"),
     )
 
 

@@ -2,7 +2,9 @@
 (`services/api/static/swagger-ui/`, swagger-ui-dist, unmodified; see its VERSION) and served by
 the API itself: no CDN, so the page works where nothing outside can be reached.
 
-It is behind the same token as /openapi.json, which it shows."""
+The page and its assets are public (services/api/auth.py `is_public`): a browser cannot send a
+token with a page load. The page asks for the token, reads /openapi.json with it and sends it
+with every request tried from the page; /openapi.json itself still needs it."""
 
 from __future__ import annotations
 

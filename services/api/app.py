@@ -6,7 +6,7 @@ from typing import Any
 
 import falcon
 
-from services.api import auth, errors, health
+from services.api import auth, errors, health, tes
 from services.api.admission import Admission
 from services.api.apidocs import ApiDocs
 from services.api.files import JobFiles
@@ -59,6 +59,7 @@ def create_app(deps: ApiDeps, admission: Admission | None = None) -> falcon.App:
     app.add_route("/jobs/{job_id}/files", files)
     app.add_route("/jobs/{job_id}/logs", JobLogs(deps))
     app.add_route("/usage", Usage(deps.jobs))
+    tes.install(app, deps)  # GA4GH TES at /ga4gh/tes/v1 (docs/tes.md)
     health.install(app, deps.monitor)  # /healthz, /readyz, /metrics
     app.add_route("/openapi.json", OpenApi())
     docs = ApiDocs()

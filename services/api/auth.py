@@ -1,4 +1,6 @@
-"""Who is calling: `Authorization: Bearer <token>` resolved against FREIGHT_API_TOKENS_FILE.
+"""Who is calling: `Authorization: Bearer <token>` resolved against FREIGHT_API_TOKENS_FILE; or
+HTTP Basic with the token as the password (`Basic base64(user:token)`), for clients such as TES's
+that know no other scheme. A Basic user name, if given, must be the token's.
 
 Every route needs a token but the liveness and readiness checks. A request without a valid one
 is answered 401 with the same body whether its token was missing, malformed or unknown. Without
@@ -8,6 +10,8 @@ then refuses any address but loopback (`check_exposure`, run before it binds).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import threading
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"  # the owner of jobs submitted in local mode (and before owners existed)
 PUBLIC_ROUTES = frozenset({"/healthz", "/readyz"})  # probes carry no token
+PUBLIC_PAGES = ("/ui", "/docs")  # the pages and their assets; the data behind them is not
 RELOAD_EVERY = 1.0  # seconds between looks at the tokens file for `freight token` changes
 
 
@@ -105,7 +110,9 @@ def unauthorized() -> ApiError:
     return ApiError(
         falcon.HTTP_401,
         "unauthorized",
-        "this request needs a valid API token: send the header `Authorization: Bearer <token>`",
+        "this request needs a valid API token: send the header `Authorization: Bearer <token>` "
+        "(or HTTP Basic auth with the token as the password)",
+        # Bearer only: a Basic challenge would make a browser (the dashboard) ask for a password.
         headers={"WWW-Authenticate": 'Bearer realm="freight"'},
     )
 
@@ -123,8 +130,13 @@ class Authentication:
         if is_public(req.path) and req.method in ("GET", "HEAD"):
             req.context.caller = None
             return
-        token = bearer_token(req.get_header("Authorization"))
+        header = req.get_header("Authorization")
+        token, user = bearer_token(header), None
+        if token is None and (basic := basic_credentials(header)) is not None:
+            user, token = basic
         entry = self._tokens.find(token) if token else None
+        if entry is not None and user and user != entry.name:
+            entry = None  # a Basic user name that is not the token's: the pair is wrong
         if entry is None:
             # The operator's log may say which; never the token itself.
             log.info(
@@ -139,9 +151,12 @@ class Authentication:
 
 
 def is_public(path: str) -> bool:
-    """The probes, and the dashboard's static files (services/api/ui.py), which hold no data:
-    the page asks for a token and sends it with every request it makes."""
-    return path in PUBLIC_ROUTES or path == "/ui" or path.startswith("/ui/")
+    """The probes, and the static files of the dashboard (services/api/ui.py) and of /docs
+    (services/api/apidocs.py), which hold no data: each page asks for a token and sends it
+    with every request it makes (/openapi.json included)."""
+    return path in PUBLIC_ROUTES or any(
+        path == page or path.startswith(f"{page}/") for page in PUBLIC_PAGES
+    )
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -152,6 +167,23 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token or " " in token:
         return None
     return token
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of `Basic base64(user:password)`; None for anything else."""
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    if not colon or not password:
+        return None
+    return user, password
 
 
 def caller_of(req: falcon.Request) -> Caller:

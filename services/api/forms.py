@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 import falcon
+from falcon.typing import ReadableIO
+from falcon.util import BufferedReader
 
 from services.api.errors import ApiError
 from services.api.submission import InvalidRequest
@@ -29,14 +31,7 @@ def read_fields(req: falcon.Request, max_bytes: int, on_file: FileSink | None = 
     if media_type == falcon.MEDIA_URLENCODED:
         return _urlencoded_fields(req)
     if media_type == falcon.MEDIA_MULTIPART:
-        if req.content_length is None:
-            # falcon's form parser needs the length; every usual client sends it with files.
-            raise ApiError(
-                falcon.HTTP_411,
-                "length_required",
-                "a multipart form needs a Content-Length header; chunked bodies are not read",
-            )
-        return _multipart_fields(req, on_file)
+        return _multipart_fields(_multipart_parts(req, max_bytes), on_file)
     raise ApiError(
         falcon.HTTP_415,
         "unsupported_media_type",
@@ -73,10 +68,38 @@ def _urlencoded_fields(req: falcon.Request) -> Fields:
     return {name: value if isinstance(value, list) else [value] for name, value in form.items()}
 
 
-def _multipart_fields(req: falcon.Request, on_file: FileSink | None) -> Fields:
+def _multipart_parts(req: falcon.Request, max_bytes: int) -> Iterable[Any]:
+    if req.content_length is not None:
+        parts: Iterable[Any] = req.get_media()
+        return parts
+    # Chunked, its size unknown (a file from a pipe): falcon's parser bounds its reads by the
+    # length, so it reads through a count that refuses the body once it passes the limit.
+    handler = req.options.media_handlers[falcon.MEDIA_MULTIPART]
+    body = BufferedReader(_CappedBody(req.stream, max_bytes).read, max_bytes + 1)
+    form: Iterable[Any] = handler.deserialize(body, req.content_type, None)  # type: ignore[assignment]
+    return form
+
+
+class _CappedBody:
+    """A body of unknown length, read up to `limit` bytes: past it, 413."""
+
+    def __init__(self, stream: ReadableIO, limit: int):
+        self._stream = stream
+        self._limit = limit
+        self._read = 0
+
+    def read(self, size: int) -> bytes:
+        chunk = self._stream.read(size)
+        self._read += len(chunk)
+        if self._read > self._limit:
+            raise _too_large(self._limit)
+        return chunk
+
+
+def _multipart_fields(parts: Iterable[Any], on_file: FileSink | None) -> Fields:
     fields: Fields = defaultdict(list)
     try:
-        for part in req.get_media():
+        for part in parts:
             if part.name in FILE_FIELDS or part.filename:
                 if on_file is None:
                     raise InvalidRequest(

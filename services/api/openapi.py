@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonSchemaMode
 from freight.jobspec import Job, JobSpec, Submitted
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KEY_LIFETIME, REPLAYED_HEADER
+from services.api.tes_openapi import tes_paths, tes_schemas
 
 JSON = "application/json"
 
@@ -240,6 +241,7 @@ FILE_PARTS = {
     "(relative paths land under /job).",
 }
 SCHEMAS |= _model_schemas()
+SCHEMAS |= tes_schemas()  # GA4GH TES (docs/tes.md)
 
 IDEMPOTENCY_KEY = {
     "name": IDEMPOTENCY_HEADER,
@@ -539,7 +541,9 @@ PATHS: dict[str, Any] = {
     "/docs": {
         "get": {
             "operationId": "docs",
-            "summary": "This document in Swagger UI, served from the API itself (no CDN)",
+            "summary": "This document in Swagger UI, served from the API itself (no CDN); "
+            "the page asks for a token to read /openapi.json and try the API with",
+            "security": [],
             "responses": {
                 "200": {
                     "description": "The page.",
@@ -553,6 +557,7 @@ PATHS: dict[str, Any] = {
         "get": {
             "operationId": "docsAsset",
             "summary": "A script or style sheet of the /docs page",
+            "security": [],
             "parameters": [
                 {"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}}
             ],
@@ -580,6 +585,8 @@ PATHS: dict[str, Any] = {
     },
 }
 
+PATHS |= tes_paths(_errors)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -592,7 +599,7 @@ DOCUMENT: dict[str, Any] = {
     },
     "paths": PATHS,
     # Every operation needs a token unless it says `security: []` (the probes).
-    "security": [{"bearer": []}],
+    "security": [{"bearer": []}, {"basic": []}],
     "components": {
         "securitySchemes": {
             "bearer": {
@@ -600,7 +607,13 @@ DOCUMENT: dict[str, Any] = {
                 "scheme": "bearer",
                 "description": "A token from `freight token add NAME`. Without "
                 "FREIGHT_API_TOKENS_FILE (local mode, loopback only) none is needed.",
-            }
+            },
+            "basic": {
+                "type": "http",
+                "scheme": "basic",
+                "description": "The same token as the password (the user name empty or the "
+                "token's): for clients that know no bearer scheme, such as TES's (docs/tes.md).",
+            },
         },
         "schemas": SCHEMAS,
         "responses": {

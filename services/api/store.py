@@ -72,6 +72,22 @@ class JobStore:
             next_cursor=rows[-1].position if more else None,
         )
 
+    def newest(
+        self, owner: str | None, before: int | None, limit: int
+    ) -> list[tuple[int, JobView]]:
+        """(log position, job), newest first, before the position `before` (if given): every
+        job, or `owner`'s only (services/api/tes.py filters what it lists itself)."""
+        jobs = schema.jobs
+        query = sa.select(jobs.c.position, jobs.c.view)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        if before is not None:
+            query = query.where(jobs.c.position < before)
+        query = query.order_by(jobs.c.position.desc()).limit(limit)
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [(int(r.position), JobView.from_dict(r.view)) for r in rows]
+
     def usage(self, owner: str | None = None) -> list[dict[str, Any]]:
         """What each owner (or only `owner`) used, the most GPU-seconds first."""
         with self._engine.connect() as connection:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from freight.commands import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_EXIT_CODE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from tests.e2e.conftest import free_port
 
 
@@ -108,18 +117,74 @@ def test_wait_for_a_running_job_then_cancel_it(cli):
     job = json.loads(out)
     assert job["reason"] == "cancelled", err
     # Killed while running it has the signal's exit code (143); cancelled while queued, none.
-    assert waiter.returncode == (job["exit_code"] or 1)
+    assert waiter.returncode == (job["exit_code"] or EXIT_NO_EXIT_CODE)
 
     refused = cli("cancel", job_id)
-    assert refused.returncode == 1
+    assert refused.returncode == EXIT_FAILED
     assert refused.stderr.startswith(f"freight: job {job_id} already ended (FAILED)")
 
 
 def test_an_unreachable_server_says_what_to_do(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
     result = freight("ls", env={"FREIGHT_URL": url})
-    assert result.returncode == 3
+    assert result.returncode == EXIT_UNREACHABLE
     assert f"cannot reach Freight at {url}: is `make up` running?" in result.stderr
 
     missing = freight("submit", "--file", str(tmp_path / "nope"), "--", "true", env={})
-    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert missing.returncode == EXIT_USAGE and "no such file" in missing.stderr
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_directory_goes_up_and_comes_back_down_whole(cli, tmp_path):
+    source = tmp_path / "src"
+    (source / "sub" / "deeper").mkdir(parents=True)
+    (source / "a.txt").write_text("alpha\n")
+    (source / "sub" / "b.bin").write_bytes(os.urandom(200_000))
+    (source / "sub" / "deeper" / "c d.txt").write_text("spaced\n")
+    submitted = cli(
+        "submit", "--wait", "--file", f"{source}:tree", "--", "cp -r tree out && ls -R out"
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+
+    # By a prefix of its id, into a directory that exists: as `cp -r`, under its own name.
+    (tmp_path / "down").mkdir()
+    got = cli("files", "get", "-r", job_id[:8], "/job/out", "-o", str(tmp_path / "down"))
+    assert got.returncode == 0, got.stderr
+    assert "saved /job/out to" in got.stderr and "(3 files" in got.stderr
+    assert _tree(tmp_path / "down" / "out") == _tree(source)
+
+
+def test_ids_by_prefix_and_errors_by_freights_own_exit_codes(cli, tmp_path):
+    job_id = cli("submit", "--wait", "--", "true").stdout.strip()
+    shown = cli("status", "--json", job_id[:6])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["job_id"] == job_id
+
+    unknown = cli("status", "0000zz")
+    assert unknown.returncode == EXIT_FAILED and "no job of yours" in unknown.stderr
+    short = cli("logs", job_id[:3])
+    assert short.returncode == EXIT_USAGE and "at least 4 characters" in short.stderr
+    bad = cli("ls", "--no-such-option")
+    assert bad.returncode == EXIT_USAGE
+    missing_dir = cli("files", "get", job_id, "/job/x", "-o", str(tmp_path / "no" / "x"))
+    assert missing_dir.returncode == EXIT_USAGE
+    assert missing_dir.stderr == f"freight: directory {tmp_path / 'no'} does not exist\n"
+    assert cli("submit", "--wait", "--", "exit 127").returncode == 127
+
+
+def test_ctrl_c_while_following_says_how_to_get_back(cli):
+    follower = cli.start("submit", "--follow", "--", "echo started; sleep 300")
+    assert follower.stdout is not None and follower.stdout.readline() == "started\n"
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == EXIT_INTERRUPTED, err
+    job_id = err.split()[1]  # "job ID submitted"
+    assert f"`freight wait {job_id}` gets back to it" in err
+    assert cli("cancel", job_id).returncode == 0

@@ -68,9 +68,9 @@ def test_a_request_over_the_limit_is_refused_and_leaves_nothing(cluster):
 
     refusal = json.loads(declared.read())
     assert refusal["error"] == "too_large" and "bytes" in refusal["message"]
-    # A form's length must be declared; one sent without (chunked) is refused as such.
+    # A form sent chunked, its length unknown (a file from a pipe), is counted as it comes.
     streamed = send(cluster, form.headers["Content-Type"], pieces, chunked=True)
-    assert streamed.status == 411 and json.loads(streamed.read())["error"] == "length_required"
+    assert streamed.status == 413 and json.loads(streamed.read())["error"] == "too_large"
     assert stored_blobs(cluster) == [] and all_jobs(cluster) == 0
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import os
+import threading
 
 import pytest
 
 from freight import Client, Conflict, ConnectionFailed, InvalidRequest, NotFound
+from freight.aio import AsyncClient
 from freight.responses import JobResponses
 from tests.e2e.conftest import free_port
 from tests.waiting import wait_until
@@ -103,3 +107,48 @@ def test_an_unreachable_server_says_what_to_do():
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConnectionFailed, match=f"cannot reach Freight at {url}: is `make up`"):
         Client(url).get("anything")
+
+
+def test_a_file_from_a_pipe_is_sent_chunked_and_arrives_whole(client):
+    data = os.urandom(3 * 1024 * 1024)
+    read_end, write_end = os.pipe()
+
+    def write_all() -> None:
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(data)
+
+    writer = threading.Thread(target=write_all)
+    writer.start()
+    with os.fdopen(read_end, "rb") as pipe:  # not seekable, its size unknown: chunked
+        job = client.submit("sha256sum /job/in.bin", files={"/job/in.bin": pipe})
+    writer.join()
+    assert client.wait(job.job_id, timeout=60).exit_code == 0
+    assert client.logs(job.job_id).split()[0] == hashlib.sha256(data).hexdigest()
+
+
+def test_the_async_client_submits_follows_and_waits(cluster, tmp_path):
+    script = tmp_path / "script.sh"
+    script.write_text("cat /job/data.txt; echo one; echo two\n")
+
+    async def scenario() -> None:
+        async with AsyncClient(cluster.url) as client:
+            job = await client.submit(
+                "sh script.sh", files={"script.sh": script, "data.txt": b"from bytes\n"}
+            )
+            assert [line async for line in client.follow(job.job_id)] == [
+                "from bytes",
+                "one",
+                "two",
+            ]
+            done = await client.wait(job.job_id, timeout=60)
+            assert done.status == "COMPLETE" and done.exit_code == 0
+            assert await client.logs(job.job_id) == "from bytes\none\ntwo\n"
+            assert job.job_id in {j.job_id for j in await client.list("all")}
+            assert [e.type for e in await client.events(job.job_id)][0] == "JobSubmitted"
+
+            running = await client.submit("sleep 300")
+            assert (await client.cancel(running.job_id)).job_id == running.job_id
+            with pytest.raises(NotFound):
+                await client.get("0d6c1111-1111-4111-8111-111111111111")
+
+    asyncio.run(scenario())

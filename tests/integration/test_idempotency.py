@@ -279,10 +279,9 @@ def url(api) -> Iterator[str]:
     server.server_close()
 
 
-def test_the_sdk_retries_a_timed_out_submission_with_its_key(api, url, monkeypatch):
-    monkeypatch.setattr(sdk, "SUBMIT_RETRY_DELAY", 0.0)
+def test_the_sdk_retries_a_timed_out_submission_with_its_key(api, url):
     api.log.time_out_next = True  # the first try's publish lands, yet is answered 503
-    with sdk.Client(url, api.tokens["alice"]) as client:
+    with sdk.Client(url, api.tokens["alice"], sleep=lambda _seconds: None) as client:
         job = client.submit("echo hi")
         another = client.submit("echo hi")  # a new call: a new key, a new job
     assert another.job_id != job.job_id

@@ -218,3 +218,20 @@ def test_a_user_lists_only_their_own_jobs(app):
     assert jobs.asked[-1]["owner"] == "alice"
     refused = client.simulate_get("/jobs", params={"owner": "bob"}, headers=headers["alice"])
     assert refused.status_code == 403 and refused.json["error"] == "forbidden"
+
+
+# -- /docs ----------------------------------------------------------------------------------------
+
+
+def test_the_docs_page_is_public_but_the_document_it_shows_is_not(app):
+    client, _, headers = app
+    for path in ("/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"):
+        assert client.simulate_get(path).status_code == 200, path
+    script = client.simulate_get("/docs/freight-docs.js")
+    assert script.status_code == 200
+    # The page reads the document with the user's token, and sends it with what it tries.
+    assert "Authorization" in script.text and "requestInterceptor" in script.text
+    assert client.simulate_get("/openapi.json").status_code == 401
+    assert client.simulate_get("/docsx").status_code == 401
+    token = next(iter(headers.values()))
+    assert client.simulate_get("/openapi.json", headers=token).status_code == 200
