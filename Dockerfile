@@ -14,8 +14,7 @@ COPY requirements.lock /src/
 # The pinned dependencies first: a code change does not reinstall them.
 RUN /opt/freight/bin/pip install -r /src/requirements.lock
 COPY pyproject.toml README.md /src/
-COPY shared /src/shared
-COPY services /src/services
+COPY freight_server /src/freight_server
 COPY freight /src/freight
 RUN /opt/freight/bin/pip install --no-deps /src
 

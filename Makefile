@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[server,dev]'
 	touch $@
 
 docker:
@@ -50,7 +50,7 @@ bench: install docker
 lock:
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet pip-tools
-	.lock-venv/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-trusted-host \
+	.lock-venv/bin/pip-compile --quiet --extra server --strip-extras --no-emit-index-url --no-emit-trusted-host \
 		--no-emit-find-links --output-file requirements.lock pyproject.toml
 	rm -rf .lock-venv
 

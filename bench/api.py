@@ -21,7 +21,7 @@ import requests
 
 from bench.ceiling import Ceiling
 from bench.cluster import Cluster, progress, summarise
-from shared.config import Settings
+from freight_server.shared.config import Settings
 
 KIB = 1024
 

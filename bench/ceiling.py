@@ -2,8 +2,8 @@
 no Freight work at all.
 
 A falcon app on gunicorn with the API's own server settings (gthread, the same workers, threads
-and keep-alive as services/api/main.py), whose `POST /jobs` reads and parses the body (JSON, or
-every part of a multipart form) and answers 201 with a small JSON document: no token, no
+and keep-alive as freight_server/services/api/main.py), whose `POST /jobs` reads and parses the body
+(JSON, or every part of a multipart form) and answers 201 with a small JSON document: no token, no
 validation, no database, no RabbitMQ. Freight's submits per second over this one's, at the same
 number of clients in the same run, is the share of the physical limit Freight keeps.
 
@@ -53,7 +53,7 @@ def create_app() -> falcon.App:
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    """services/api/main.py's server settings, so that only the app differs."""
+    """freight_server/services/api/main.py's server settings, so that only the app differs."""
 
     def __init__(self, bind: str, workers: int, threads: int):
         self._options = {"bind": bind, "workers": workers, "threads": threads}

@@ -28,9 +28,9 @@ from typing import Any
 import pika
 
 from bench.cluster import Cluster, percentile, progress
-from shared.bus import Publisher, Topology
-from shared.events import Event, EventFactory, EventType, decode
-from shared.jobs import Outcome
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.events import Event, EventFactory, EventType, decode
+from freight_server.shared.jobs import Outcome
 
 SEED_BATCH = 500  # events a confirm: seeding is not what is measured
 STEPS = 10  # queue depths measured: jobs, jobs * 9/10, ..., jobs / 10

@@ -26,10 +26,10 @@ from typing import Any
 import requests
 
 from bench.cluster import Cluster, progress, summarise
-from shared.bus import Publisher, Topology
-from shared.events import Event, EventFactory, EventType
-from shared.jobs import Outcome
-from shared.tokens import add_token
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.events import Event, EventFactory, EventType
+from freight_server.shared.jobs import Outcome
+from freight_server.shared.tokens import add_token
 
 BATCH = 500  # events a confirm
 OWNERS = 10

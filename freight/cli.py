@@ -8,6 +8,8 @@ import importlib
 import importlib.metadata
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from freight import completion
 from freight.commands import (
@@ -19,7 +21,6 @@ from freight.commands import (
     UsageError,
     add_user_commands,
 )
-from freight.dead_letters import add_dead_letter_commands, run_dead_letter_command
 from freight.errors import ConnectionFailed, FreightError, Unavailable
 from freight.job_ids import (
     PAGE_SIZE,
@@ -33,6 +34,18 @@ from freight.tokens import add_token_commands, run_token_command
 
 SERVICES = ("api", "scheduler", "runner", "filestore")
 SERVICE_COMMANDS = ("serve", "migrate", "up")
+# What `pip install 'freight[server]'` adds, and freight_server needs (pyproject.toml's extra).
+SERVER_PACKAGES = (
+    "falcon",
+    "gunicorn",
+    "sqlalchemy",
+    "alembic",
+    "docker",
+    "pynvml",
+    "psycopg",
+    "prometheus_client",
+    "cryptography",
+)
 # The services' own commands run no job, so they keep the usual codes.
 SERVICE_EXIT_FAILED = 1
 SERVICE_EXIT_USAGE = 2
@@ -70,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_dead_letter_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    group = commands.add_parser(
+        "dead-letters", help="events a service could not apply (run where its database is)"
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = actions.add_parser("ls", parents=[common], help="list the dead letters")
+    ls.add_argument("--service", choices=SERVICES, help="one service (default: every one)")
+    replay = actions.add_parser(
+        "replay", parents=[common], help="ask the running service to retry them (after a fix)"
+    )
+    replay.add_argument("--service", choices=SERVICES, help="one service (default: every one)")
+    replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="as `ls` shows them")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("freight")
@@ -101,13 +129,34 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(completion.script(parser, args.shell))
         return 0
     if args.command in SERVICE_COMMANDS:
-        return run_service_command(args)
+        return _needs_server(args.command, lambda: run_service_command(args))
     args.json = getattr(args, "json", False)
     if args.command == "token":
         return run_token_command(args)
     if args.command == "dead-letters":
-        return run_dead_letter_command(args)
+        return _needs_server(args.command, lambda: _run_dead_letter_command(args))
     return run_user_command(args)
+
+
+def _needs_server(command: str, run: Callable[[], int]) -> int:
+    """The operators' commands use the services' packages, which `pip install freight` (the
+    client) leaves out: say how to get them rather than show a traceback."""
+    try:
+        return run()
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in SERVER_PACKAGES:
+            raise
+        _error(
+            f"`freight {command}` needs the server's packages ({exc.name} is missing): "
+            "pip install 'freight[server]'"
+        )
+        return SERVICE_EXIT_USAGE
+
+
+def _run_dead_letter_command(args: argparse.Namespace) -> int:
+    from freight.dead_letters import run_dead_letter_command
+
+    return run_dead_letter_command(args)
 
 
 def run_user_command(args: argparse.Namespace) -> int:
@@ -153,8 +202,8 @@ def _run_user_command(args: argparse.Namespace) -> int:
 
 
 def run_service_command(args: argparse.Namespace) -> int:
-    from shared.config import ConfigError, Settings
-    from shared.runtime import configure_logging
+    from freight_server.shared.config import ConfigError, Settings
+    from freight_server.shared.runtime import configure_logging
 
     try:
         settings = Settings.from_env()
@@ -164,9 +213,9 @@ def run_service_command(args: argparse.Namespace) -> int:
 
     if args.command == "serve":
         configure_logging(args.service, settings.log_level)
-        from shared.snapshots import LogUnusable
+        from freight_server.shared.snapshots import LogUnusable
 
-        module = importlib.import_module(f"services.{args.service}.main")
+        module = importlib.import_module(f"freight_server.services.{args.service}.main")
         try:
             module.serve(settings)
         except ConfigError as exc:  # a setting it cannot start with, e.g. an unsafe bind
@@ -177,8 +226,8 @@ def run_service_command(args: argparse.Namespace) -> int:
             return SERVICE_EXIT_FAILED
         return 0
     if args.command == "migrate":
-        from shared.db import create_engine
-        from shared.db import migrate as run_migrate
+        from freight_server.shared.db import create_engine
+        from freight_server.shared.db import migrate as run_migrate
 
         unknown = sorted(set(args.services) - set(SERVICES))
         if unknown:

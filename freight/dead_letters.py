@@ -15,15 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from shared.config import ConfigError, Settings
-from shared.db import create_engine
-from shared.dead_letters import DeadLetter, list_dead_letters, request_replay
-from shared.events import utcnow
+from freight_server.shared.config import ConfigError, Settings
+from freight_server.shared.db import create_engine
+from freight_server.shared.dead_letters import DeadLetter, list_dead_letters, request_replay
+from freight_server.shared.events import utcnow
 
 SERVICES = ("api", "scheduler", "runner", "filestore")
 ERROR_WIDTH = 80
@@ -34,21 +33,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class _NotMigrated(Exception):
     """A service's database predates dead-letter replays."""
-
-
-def add_dead_letter_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    group = commands.add_parser(
-        "dead-letters", help="events a service could not apply (run where its database is)"
-    )
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ls = actions.add_parser("ls", parents=[common], help="list the dead letters")
-    ls.add_argument("--service", choices=SERVICES, help="one service (default: every one)")
-    replay = actions.add_parser(
-        "replay", parents=[common], help="ask the running service to retry them (after a fix)"
-    )
-    replay.add_argument("--service", choices=SERVICES, help="one service (default: every one)")
-    replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="as `ls` shows them")
-    replay.add_argument("--all", action="store_true", help="every dead letter")
 
 
 def run_dead_letter_command(args: argparse.Namespace, settings: Settings | None = None) -> int:
@@ -143,7 +127,9 @@ def _tables(settings: Settings, only: str | None) -> Iterator[tuple[str, sa.Conn
         url = settings.database_url_for(service)
         if not _exists(url):
             continue
-        table: sa.Table = importlib.import_module(f"services.{service}.schema").dead_letters
+        table: sa.Table = importlib.import_module(
+            f"freight_server.services.{service}.schema"
+        ).dead_letters
         with _connected(url) as connection:
             if not sa.inspect(connection).has_table(table.name):
                 continue

@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.tokens import TokensFileError, add_token, read_tokens, revoke_tokens, set_quota
+from freight_server.shared.tokens import (
+    TokensFileError,
+    add_token,
+    read_tokens,
+    revoke_tokens,
+    set_quota,
+)
 
 
 def add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:

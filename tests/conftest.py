@@ -18,7 +18,7 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 
 TEST_IMAGE = os.environ.get("FREIGHT_TEST_IMAGE", "freight/busybox:local")
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import falcon
 
-from services.api.app import create_app
-from services.api.jobs import ApiDeps
-from shared.config import Settings
+from freight_server.services.api.app import create_app
+from freight_server.services.api.jobs import ApiDeps
+from freight_server.shared.config import Settings
 
 
 class Unused:

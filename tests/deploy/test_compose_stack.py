@@ -19,7 +19,7 @@ import pika
 import pytest
 import requests
 
-from shared.tokens import add_token
+from freight_server.shared.tokens import add_token
 from tests.e2e.conftest import docker_client, free_port
 from tests.integration.test_compose import ROOT, compose_tool
 from tests.waiting import wait_until

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.deploy.netns import Host, Relay, other_host
 from tests.e2e.conftest import Cluster, docker_client, free_port, running_cluster, service_env
 from tests.waiting import wait_until

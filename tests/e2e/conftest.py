@@ -19,9 +19,9 @@ import pika
 import pytest
 import requests
 
-from shared.bus import Topology
-from shared.config import Settings
-from shared.tokens import add_token
+from freight_server.shared.bus import Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.tokens import add_token
 from tests.conftest import Namespaces, fresh_settings
 from tests.waiting import wait_until
 

@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 
 from freight import Client
 from freight.errors import Unauthorized
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import SERVICES, Cluster, User, running_cluster
 from tests.waiting import wait_until

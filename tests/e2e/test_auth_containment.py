@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from services.runner.executor import Confinement, ContainerSpec, DockerExecutor
+from freight_server.services.runner.executor import Confinement, ContainerSpec, DockerExecutor
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import docker_client
 

@@ -126,7 +126,8 @@ def test_wait_for_a_running_job_then_cancel_it(cli):
 
 def test_an_unreachable_server_says_what_to_do(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
-    result = freight("ls", env={"FREIGHT_URL": url})
+    # Retrying a refused connection is tested in tests/unit/test_sdk_retry.py; not again here.
+    result = freight("ls", env={"FREIGHT_URL": url, "FREIGHT_RETRIES": "0"})
     assert result.returncode == EXIT_UNREACHABLE
     assert f"cannot reach Freight at {url}: is `make up` running?" in result.stderr
 

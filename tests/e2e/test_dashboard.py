@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.e2e.conftest import Cluster, User, running_cluster
 
 pytestmark = pytest.mark.docker

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from shared.filestore_client import BATCH
+from freight_server.shared.filestore_client import BATCH
 from tests.e2e.conftest import _answers
 from tests.waiting import wait_until
 

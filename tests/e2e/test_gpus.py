@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import requests
 
-from services.runner.executor import ContainerSpec, DockerExecutor, ExecutorError
-from services.runner.gpus import NvmlInventory
-from services.runner.local import LocalExecutor
+from freight_server.services.runner.executor import ContainerSpec, DockerExecutor, ExecutorError
+from freight_server.services.runner.gpus import NvmlInventory
+from freight_server.services.runner.local import LocalExecutor
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import docker_client
 from tests.waiting import wait_until

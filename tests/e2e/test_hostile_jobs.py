@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import (
     Cluster,

@@ -16,15 +16,15 @@ import pytest
 import requests
 
 from freight import Client
-from services.runner.executor import (
+from freight_server.services.runner.executor import (
     ContainerSpec,
     DockerExecutor,
     Executor,
     ExecutorError,
     PathNotFound,
 )
-from services.runner.local import LocalExecutor
-from shared.config import Settings
+from freight_server.services.runner.local import LocalExecutor
+from freight_server.shared.config import Settings
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import docker_client
 
@@ -149,7 +149,7 @@ def files_in(archive) -> dict[str, bytes]:
 
 
 def test_files_in_and_out(executor, spec):
-    """What services/runner/files.py does with a job's files, on either executor."""
+    """What freight_server/services/runner/files.py does with a job's files, on either executor."""
     job = spec("cat in/a.txt > out.txt; echo out; echo err >&2")
     container_id = executor.create(job)
     executor.put_archive(container_id, "/", tar_of({"job/in/a.txt": b"input"}))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.e2e.conftest import Cluster, User, running_cluster
 from tests.waiting import wait_until
 

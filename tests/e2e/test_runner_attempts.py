@@ -13,10 +13,15 @@ import docker
 import docker.errors
 import pytest
 
-from services.runner.attempt import Attempt, AttemptControl, RunnerContext, container_name
-from services.runner.executor import DockerExecutor
-from shared.events import Event, EventFactory, EventType, utcnow
-from shared.jobs import JobView, Outcome, Status, evolve
+from freight_server.services.runner.attempt import (
+    Attempt,
+    AttemptControl,
+    RunnerContext,
+    container_name,
+)
+from freight_server.services.runner.executor import DockerExecutor
+from freight_server.shared.events import Event, EventFactory, EventType, utcnow
+from freight_server.shared.jobs import JobView, Outcome, Status, evolve
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import docker_client
 from tests.waiting import wait_until

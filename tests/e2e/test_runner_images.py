@@ -14,9 +14,9 @@ import docker.errors
 import pytest
 import sqlalchemy as sa
 
-from services.runner.executor import DockerExecutor
-from services.runner.images import ImagePruner, PulledImages
-from shared.db import create_engine, migrate
+from freight_server.services.runner.executor import DockerExecutor
+from freight_server.services.runner.images import ImagePruner, PulledImages
+from freight_server.shared.db import create_engine, migrate
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import docker_client
 

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 
 import requests
 
-from services.runner import schema
-from shared.db import create_engine
-from shared.events import utcnow
+from freight_server.services.runner import schema
+from freight_server.shared.db import create_engine
+from freight_server.shared.events import utcnow
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import docker_client
 from tests.waiting import wait_until

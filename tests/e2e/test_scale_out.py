@@ -20,8 +20,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.config import Settings
-from shared.db import create_engine, migrate
+from freight_server.shared.config import Settings
+from freight_server.shared.db import create_engine, migrate
 from tests.conftest import _fresh_postgres_database
 from tests.e2e.conftest import Cluster, docker_client, free_port
 from tests.waiting import wait_until

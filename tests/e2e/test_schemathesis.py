@@ -10,7 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.e2e.conftest import Cluster, running_cluster
 
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 import tes
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.conftest import TEST_IMAGE
 from tests.e2e.conftest import Cluster, running_cluster
 from tests.waiting import wait_until

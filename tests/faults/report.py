@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from shared.events import Event, MalformedEvent, decode
+from freight_server.shared.events import Event, MalformedEvent, decode
 from tests.faults.stream import Poison
 
 SUCCEEDS, FAILS, CANCELLED = "succeeds", "fails", "cancelled"

@@ -1,5 +1,6 @@
 """The log as the fault suite sees it from outside: every message of a stream, read straight from
-RabbitMQ, and poison appended the way shared/bus.py appends, past every check of the API."""
+RabbitMQ, and poison appended the way freight_server/shared/bus.py appends, past every check of
+the API."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
-from shared.config import Settings
+from freight_server.shared.config import Settings
 from tests.conftest import _fresh_postgres_database
 from tests.e2e.conftest import Cluster, free_port, running_cluster
 from tests.faults.driver import FaultDriver
@@ -48,7 +48,7 @@ def services_with_spares(cluster: Cluster, scheduler_database: str, skew: dict[s
     cluster.extra_env[SKEWED_RUNNER] = skew
     for name in ("runner-a", "runner-b"):
         cluster.start("runner", name=name, runner_id=runner_id(cluster.settings, name))
-    if Path("services/filestore/main.py").exists():
+    if Path("freight_server/services/filestore/main.py").exists():
         cluster.start("filestore")
 
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.bus import Publisher, Topology
-from shared.config import Settings
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.config import Settings
 
 
 @pytest.fixture

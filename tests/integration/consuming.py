@@ -9,9 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.bus import Topology
-from shared.config import Settings
-from shared.consumer import Projection, StreamConsumer
+from freight_server.shared.bus import Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.consumer import Projection, StreamConsumer
 from tests.waiting import wait_until
 
 

@@ -15,10 +15,10 @@ import falcon
 import falcon.testing
 import pytest
 
-from services.api.admission import Admission
-from services.api.main import build
-from shared.config import ConfigError, Settings
-from shared.db import create_engine, migrate
+from freight_server.services.api.admission import Admission
+from freight_server.services.api.main import build
+from freight_server.shared.config import ConfigError, Settings
+from freight_server.shared.db import create_engine, migrate
 from tests.waiting import wait_until
 
 

@@ -17,16 +17,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from freight.cli import main as freight
-from services.api import schema
-from services.api.projection import ApiProjection
-from services.api.runners import RunnerBoard
-from services.scheduler import schema as scheduler_schema
-from services.scheduler.projection import SchedulerProjection
-from shared.bus import Publisher, Topology
-from shared.config import Settings
-from shared.consumer import LogBehindProjection, Logged, Projection, StreamConsumer
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory, EventType, encode, utcnow
+from freight_server.services.api import schema
+from freight_server.services.api.projection import ApiProjection
+from freight_server.services.api.runners import RunnerBoard
+from freight_server.services.scheduler import schema as scheduler_schema
+from freight_server.services.scheduler.projection import SchedulerProjection
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.consumer import LogBehindProjection, Logged, Projection, StreamConsumer
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory, EventType, encode, utcnow
 from tests.integration.consuming import consuming, run_until_raises
 from tests.waiting import wait_until
 

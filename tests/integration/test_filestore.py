@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from services.filestore import schema
-from services.filestore.blobs import BlobMismatch, LocalBlobStore
-from services.filestore.main import Filestore, build
-from shared import filestore_protocol as protocol
-from shared.bus import Publisher, Topology
-from shared.config import Settings
-from shared.db import create_engine
-from shared.events import EventFactory, EventType
-from shared.filestore_client import FilestoreClient
-from shared.filestore_protocol import log_record, log_records
-from shared.rpc import CHUNK, CHUNK_BYTES, WINDOW, Node, NodeConfig, RemoteError
+from freight_server.services.filestore import schema
+from freight_server.services.filestore.blobs import BlobMismatch, LocalBlobStore
+from freight_server.services.filestore.main import Filestore, build
+from freight_server.shared import filestore_protocol as protocol
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.db import create_engine
+from freight_server.shared.events import EventFactory, EventType
+from freight_server.shared.filestore_client import FilestoreClient
+from freight_server.shared.filestore_protocol import log_record, log_records
+from freight_server.shared.rpc import CHUNK, CHUNK_BYTES, WINDOW, Node, NodeConfig, RemoteError
 from tests.waiting import wait_until
 
 

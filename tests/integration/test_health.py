@@ -12,14 +12,14 @@ import pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.api import schema
-from services.api.health import Monitor
-from services.api.main import build
-from shared.bus import Publisher, Topology
-from shared.config import Settings
-from shared.db import create_engine, migrate
-from shared.events import EventFactory, EventType
-from shared.metrics import ProjectionCollector, StreamTail
+from freight_server.services.api import schema
+from freight_server.services.api.health import Monitor
+from freight_server.services.api.main import build
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import EventFactory, EventType
+from freight_server.shared.metrics import ProjectionCollector, StreamTail
 from tests.waiting import wait_until
 
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from shared.bus import Topology
-from shared.config import Settings
-from shared.events import EventFactory, EventType
-from shared.heartbeats import HeartbeatListener
+from freight_server.shared.bus import Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.events import EventFactory, EventType
+from freight_server.shared.heartbeats import HeartbeatListener
 from tests.waiting import wait_until
 
 runner = EventFactory("runner")

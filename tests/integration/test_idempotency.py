@@ -16,16 +16,16 @@ import pytest
 
 from freight import cli
 from freight import client as sdk
-from services.api.app import create_app
-from services.api.jobs import ApiDeps
-from services.api.projection import ApiProjection
-from services.api.store import JobStore, RecentSubmissions
-from shared.bus import ConfirmMissing, Publisher, Topology
-from shared.config import Settings
-from shared.consumer import StreamConsumer
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory
-from shared.tokens import add_token
+from freight_server.services.api.app import create_app
+from freight_server.services.api.jobs import ApiDeps
+from freight_server.services.api.projection import ApiProjection
+from freight_server.services.api.store import JobStore, RecentSubmissions
+from freight_server.shared.bus import ConfirmMissing, Publisher, Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.consumer import StreamConsumer
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory
+from freight_server.shared.tokens import add_token
 from tests.waiting import wait_until
 
 KEY = "Idempotency-Key"

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from services.api.projection import ApiProjection
-from services.api.projector import project_while_leading
-from shared.bus import Publisher, Topology
-from shared.config import Settings
-from shared.consumer import LogBehindProjection, StreamConsumer
-from shared.db import create_engine, migrate
-from shared.leader import LeaderLock, lead_while_holding
+from freight_server.services.api.projection import ApiProjection
+from freight_server.services.api.projector import project_while_leading
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.consumer import LogBehindProjection, StreamConsumer
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.leader import LeaderLock, lead_while_holding
 from tests.waiting import wait_until
 
 

@@ -10,12 +10,12 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from services.api import schema
-from services.api.projection import ApiProjection
-from shared.bus import BrokerUnavailable, Publisher
-from shared.consumer import StreamConsumer
-from shared.db import create_engine, migrate
-from shared.events import EventFactory, EventType
+from freight_server.services.api import schema
+from freight_server.services.api.projection import ApiProjection
+from freight_server.shared.bus import BrokerUnavailable, Publisher
+from freight_server.shared.consumer import StreamConsumer
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import EventFactory, EventType
 from tests.integration.consuming import consuming
 from tests.waiting import wait_until
 

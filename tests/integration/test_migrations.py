@@ -13,7 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from shared.db import SERVICES_DIR, alembic_config, create_engine, migrate
+from freight_server.shared.db import SERVICES_DIR, alembic_config, create_engine, migrate
 
 MIGRATED_SERVICES = sorted(
     path.parent.parent.name
@@ -23,7 +23,7 @@ MIGRATED_SERVICES = sorted(
 
 
 def schema_diff(engine: sa.Engine, service: str) -> list[Any]:
-    metadata = importlib.import_module(f"services.{service}.schema").metadata
+    metadata = importlib.import_module(f"freight_server.services.{service}.schema").metadata
     with engine.connect() as connection:
         context = MigrationContext.configure(
             connection,

@@ -13,12 +13,12 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from services.api import schema
-from services.api.projection import ApiProjection
-from shared.bus import Publisher, Topology
-from shared.config import Settings
-from shared.db import create_engine, migrate
-from shared.events import EventFactory, EventType
+from freight_server.services.api import schema
+from freight_server.services.api.projection import ApiProjection
+from freight_server.shared.bus import Publisher, Topology
+from freight_server.shared.config import Settings
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import EventFactory, EventType
 from tests.waiting import wait_until
 
 
@@ -72,7 +72,7 @@ def test_the_bound_and_ttl_are_the_queues_arguments(settings, channel):
 def test_a_queue_from_before_the_bound_is_kept_with_a_warning(settings, channel, caplog):
     channel.queue_declare(settings.response_queue, durable=True)  # as older Freights made it
     topology = Topology.from_settings(settings)
-    with caplog.at_level(logging.WARNING, logger="shared.bus"):
+    with caplog.at_level(logging.WARNING, logger="freight_server.shared.bus"):
         topology.declare(channel)
         topology.declare(channel)
     assert channel.is_open  # the caller's channel goes on

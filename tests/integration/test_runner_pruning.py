@@ -11,13 +11,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from services.runner import schema
-from services.runner.attempt import RunnerContext
-from services.runner.housekeeping import EndedJobs
-from services.runner.projection import RunnerProjection
-from shared.consumer import Logged
-from shared.db import create_engine, migrate
-from shared.events import EventFactory, EventType
+from freight_server.services.runner import schema
+from freight_server.services.runner.attempt import RunnerContext
+from freight_server.services.runner.housekeeping import EndedJobs
+from freight_server.services.runner.projection import RunnerProjection
+from freight_server.shared.consumer import Logged
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import EventFactory, EventType
 
 RUNNER = "runner-a"
 RETENTION = 3600.0

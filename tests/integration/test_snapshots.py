@@ -11,16 +11,16 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from services.api import schema as api_schema
-from services.api.projection import ApiProjection
-from services.api.snapshots import SnapshotTaker
-from services.scheduler import schema as scheduler_schema
-from services.scheduler.projection import SchedulerProjection
-from shared.config import Settings
-from shared.consumer import StreamConsumer
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory, EventType, utcnow
-from shared.snapshots import LogTruncated, first_offset
+from freight_server.services.api import schema as api_schema
+from freight_server.services.api.projection import ApiProjection
+from freight_server.services.api.snapshots import SnapshotTaker
+from freight_server.services.scheduler import schema as scheduler_schema
+from freight_server.services.scheduler.projection import SchedulerProjection
+from freight_server.shared.config import Settings
+from freight_server.shared.consumer import StreamConsumer
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory, EventType, utcnow
+from freight_server.shared.snapshots import LogTruncated, first_offset
 from tests.integration.consuming import consuming, run_until_raises
 from tests.waiting import wait_until
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from services.api import schema
-from services.api.projection import ApiProjection
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory, EventType
+from freight_server.services.api import schema
+from freight_server.services.api.projection import ApiProjection
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory, EventType
 from tests.integration.consuming import consuming
 from tests.waiting import wait_until
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.runner.attempt import Attempt, AttemptControl, RunnerContext
-from services.runner.executor import ContainerSpec
-from shared.events import EventFactory
-from shared.jobs import JobView
+from freight_server.services.runner.attempt import Attempt, AttemptControl, RunnerContext
+from freight_server.services.runner.executor import ContainerSpec
+from freight_server.shared.events import EventFactory
+from freight_server.shared.jobs import JobView
 
 
 def spec_for(job: JobView, **context: Any) -> ContainerSpec:

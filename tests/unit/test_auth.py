@@ -14,14 +14,14 @@ import falcon
 import falcon.testing
 import pytest
 
-from services.api import auth
-from services.api.app import create_app
-from services.api.jobs import ApiDeps
-from services.api.store import Page, RecentSubmissions
-from shared.config import ConfigError, Settings
-from shared.events import Event, EventFactory
-from shared.jobs import JobView, Status, evolve
-from shared.tokens import (
+from freight_server.services.api import auth
+from freight_server.services.api.app import create_app
+from freight_server.services.api.jobs import ApiDeps
+from freight_server.services.api.store import Page, RecentSubmissions
+from freight_server.shared.config import ConfigError, Settings
+from freight_server.shared.events import Event, EventFactory
+from freight_server.shared.jobs import JobView, Status, evolve
+from freight_server.shared.tokens import (
     TokensFileError,
     add_token,
     match,

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shared.bus import connect, connection_parameters
+from freight_server.shared.bus import connect, connection_parameters
 
 
 def test_an_amqps_url_is_tls_with_the_host_checked():

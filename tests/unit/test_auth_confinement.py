@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.runner.executor import KEPT_CAPABILITIES, Confinement, ContainerSpec
-from shared.config import ConfigError, Settings
+from freight_server.services.runner.executor import KEPT_CAPABILITIES, Confinement, ContainerSpec
+from freight_server.shared.config import ConfigError, Settings
 
 
 def spec(**fields) -> ContainerSpec:

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.fernet import Fernet
 
-from services.api.submission import InvalidRequest, parse_job_request
-from services.runner.executor import ExecutorError
-from shared.config import ConfigError, Settings
-from shared.jobs import JobView, Status
-from shared.secret_env import SecretBox, SecretUnavailable, open_secret_env
+from freight_server.services.api.submission import InvalidRequest, parse_job_request
+from freight_server.services.runner.executor import ExecutorError
+from freight_server.shared.config import ConfigError, Settings
+from freight_server.shared.jobs import JobView, Status
+from freight_server.shared.secret_env import SecretBox, SecretUnavailable, open_secret_env
 from tests.unit.attempts import spec_for
 from tests.unit.test_auth import app_for
 

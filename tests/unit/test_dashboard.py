@@ -13,14 +13,14 @@ from typing import Any
 import falcon.testing
 import pytest
 
-from services.api.app import create_app
-from services.api.jobs import ApiDeps
-from services.api.runners import present_runner, runner_state
-from services.api.store import Page, RecentSubmissions
-from services.api.ui import INDEX, load_assets
-from shared.config import Settings
-from shared.events import EventFactory
-from shared.tokens import add_token
+from freight_server.services.api.app import create_app
+from freight_server.services.api.jobs import ApiDeps
+from freight_server.services.api.runners import present_runner, runner_state
+from freight_server.services.api.store import Page, RecentSubmissions
+from freight_server.services.api.ui import INDEX, load_assets
+from freight_server.shared.config import Settings
+from freight_server.shared.events import EventFactory
+from freight_server.shared.tokens import add_token
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -7,9 +7,15 @@ from datetime import timedelta
 
 import pytest
 
-from services.scheduler.fairshare import FairQueue, Quota, Totals, Usage, dominant_share
-from shared.events import Event, EventType
-from shared.jobs import JobView, Outcome, Status
+from freight_server.services.scheduler.fairshare import (
+    FairQueue,
+    Quota,
+    Totals,
+    Usage,
+    dominant_share,
+)
+from freight_server.shared.events import Event, EventType
+from freight_server.shared.jobs import JobView, Outcome, Status
 from tests.unit.test_scheduler_backlog import T0, scheduler_world
 
 GPUS = [

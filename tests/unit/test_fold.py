@@ -5,8 +5,8 @@ from itertools import count
 
 import pytest
 
-from shared.events import Event, EventType
-from shared.jobs import JobView, Outcome, Status, evolve, fold
+from freight_server.shared.events import Event, EventType
+from freight_server.shared.jobs import JobView, Outcome, Status, evolve, fold
 
 JOB = "7d1c1f9e-0000-4000-8000-000000000001"
 _clock = count()

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import docker
 import pytest
 
-from services.runner.executor import gpu_environment, resource_limits
-from services.runner.gpus import (
+from freight_server.services.runner.executor import gpu_environment, resource_limits
+from freight_server.services.runner.gpus import (
     Gpu,
     HostResources,
     NvmlInventory,
@@ -20,8 +20,8 @@ from services.runner.gpus import (
     host_resources,
     inventory_for,
 )
-from shared.config import ConfigError, Settings
-from shared.jobs import JobView, Status
+from freight_server.shared.config import ConfigError, Settings
+from freight_server.shared.jobs import JobView, Status
 from tests.unit.attempts import spec_for
 
 GIB = 1024**3
@@ -84,7 +84,7 @@ def test_nvml_inventory_reads_index_uuid_name_and_memory(as_bytes):
 
 
 def test_no_driver_means_zero_gpus_and_one_log_line(caplog):
-    caplog.set_level(logging.INFO, logger="services.runner.gpus")
+    caplog.set_level(logging.INFO, logger="freight_server.services.runner.gpus")
     assert NvmlInventory(FakeNvml(fail_init=True)).discover() == ()
     assert [r.getMessage() for r in caplog.records] == [
         "no GPUs: NVML is not available (NVML Shared Library Not Found)"

@@ -9,10 +9,10 @@ from itertools import count
 import pytest
 from sqlalchemy.orm import Session
 
-from services.scheduler.projection import SchedulerProjection
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory, EventType
-from shared.jobs import Outcome
+from freight_server.services.scheduler.projection import SchedulerProjection
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory, EventType
+from freight_server.shared.jobs import Outcome
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 GPU = {"index": 0, "uuid": "GPU-sim-a-0", "name": "Simulated GPU", "memory_mb": 16384}

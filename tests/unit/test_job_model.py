@@ -23,11 +23,11 @@ from freight.commands import UsageError, submit_job
 from freight.jobspec import Job, JobSpec
 from freight.models import Job as SdkJob
 from freight.models import Submitted
-from services.api.jobs import present
-from services.api.openapi import DOCUMENT
-from services.api.submission import InvalidRequest, parse_job_request
-from shared.events import Event, EventType
-from shared.jobs import JobView, Status, evolve
+from freight_server.services.api.jobs import present
+from freight_server.services.api.openapi import DOCUMENT
+from freight_server.services.api.submission import InvalidRequest, parse_job_request
+from freight_server.shared.events import Event, EventType
+from freight_server.shared.jobs import JobView, Status, evolve
 from tests.routes import wired_app
 
 REQUEST_FIELDS = sorted(JobSpec.model_fields)

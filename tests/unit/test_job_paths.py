@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 
-from services.runner.files import tar_of_one
-from shared.job_paths import InvalidPath, input_destination, requested_path
+from freight_server.services.runner.files import tar_of_one
+from freight_server.shared.job_paths import InvalidPath, input_destination, requested_path
 
 
 @pytest.mark.parametrize(

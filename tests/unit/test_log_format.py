@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from shared.config import ConfigError
-from shared.runtime import JsonFormatter, configure_logging
+from freight_server.shared.config import ConfigError
+from freight_server.shared.runtime import JsonFormatter, configure_logging
 
 
 def formatted(msg: str, *args: object, **extra: object) -> dict:

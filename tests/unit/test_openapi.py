@@ -1,5 +1,5 @@
 """`GET /openapi.json` describes exactly the routes the app serves: a new route fails here until
-it is described in services/api/openapi.py, and a described route must exist."""
+it is described in freight_server/services/api/openapi.py, and a described route must exist."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import falcon.testing
 import pytest
 from openapi_spec_validator import validate
 
-from services.api.openapi import DOCUMENT
+from freight_server.services.api.openapi import DOCUMENT
 from tests.routes import routed, wired_app
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -32,7 +32,9 @@ def described() -> set[tuple[str, str]]:
 
 def test_every_route_is_described(app):
     missing = routed(app) - described()
-    assert not missing, f"describe these routes in services/api/openapi.py: {sorted(missing)}"
+    assert not missing, (
+        f"describe these routes in freight_server/services/api/openapi.py: {sorted(missing)}"
+    )
 
 
 def test_every_described_operation_is_routed(app):

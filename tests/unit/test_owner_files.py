@@ -1,7 +1,7 @@
-"""Each owner's files across their jobs (services/api/owner_files.py), as the API's projection
-keeps them: the newest version wins, a deletion is a version, other owners never mix in. The
-same events applied in one batch or one at a time, and indexed afresh from the history (as the
-migration does), must leave the same rows."""
+"""Each owner's files across their jobs (freight_server/services/api/owner_files.py), as the
+API's projection keeps them: the newest version wins, a deletion is a version, other owners never
+mix in. The same events applied in one batch or one at a time, and indexed afresh from the
+history (as the migration does), must leave the same rows."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from services.api import schema
-from services.api.owner_files import DELETED, OwnerFiles, record_history
-from services.api.projection import ApiProjection
-from shared.consumer import Logged
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory, EventType
+from freight_server.services.api import schema
+from freight_server.services.api.owner_files import DELETED, OwnerFiles, record_history
+from freight_server.services.api.projection import ApiProjection
+from freight_server.shared.consumer import Logged
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory, EventType
 
 new_event = EventFactory("test", clock=lambda: datetime(2030, 1, 1, tzinfo=UTC))
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.scheduler.placement import (
+from freight_server.services.scheduler.placement import (
     RunnerCapacity,
     fits,
     has_enough_cpus,
@@ -15,7 +15,7 @@ from services.scheduler.placement import (
     place,
     waiting_reason,
 )
-from shared.jobs import JobView, Status
+from freight_server.shared.jobs import JobView, Status
 
 
 def job(n: int, gpus: int | None = None, **resources) -> JobView:

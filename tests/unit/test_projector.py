@@ -1,7 +1,7 @@
 """API processes writing the same database share one projector lock; others have their own."""
 
-from services.api.projector import projector_role
-from shared.metrics import projection_lag
+from freight_server.services.api.projector import projector_role
+from freight_server.shared.metrics import projection_lag
 
 
 def test_processes_on_one_postgresql_database_share_the_lock():

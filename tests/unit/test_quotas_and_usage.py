@@ -10,14 +10,14 @@ import falcon.testing
 import pytest
 
 from freight.cli import main as freight
-from services.api.app import create_app
-from services.api.jobs import ApiDeps
-from services.api.quotas import QuotaAnnouncer
-from services.api.store import RecentSubmissions
-from shared.bus import BrokerUnavailable
-from shared.config import Settings
-from shared.events import Event, EventFactory
-from shared.tokens import add_token, read_quotas, read_tokens
+from freight_server.services.api.app import create_app
+from freight_server.services.api.jobs import ApiDeps
+from freight_server.services.api.quotas import QuotaAnnouncer
+from freight_server.services.api.store import RecentSubmissions
+from freight_server.shared.bus import BrokerUnavailable
+from freight_server.shared.config import Settings
+from freight_server.shared.events import Event, EventFactory
+from freight_server.shared.tokens import add_token, read_quotas, read_tokens
 
 
 class RecordingLog:

@@ -12,13 +12,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from services.api import schema as api_schema
-from services.api.projection import ApiProjection
-from services.filestore import schema as filestore_schema
-from services.filestore.projection import FilestoreProjection
-from shared.consumer import Logged
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory, EventType
+from freight_server.services.api import schema as api_schema
+from freight_server.services.api.projection import ApiProjection
+from freight_server.services.filestore import schema as filestore_schema
+from freight_server.services.filestore.projection import FilestoreProjection
+from freight_server.shared.consumer import Logged
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory, EventType
 
 new_event = EventFactory("api", clock=lambda: datetime(2030, 1, 1, tzinfo=UTC))
 JOB = "6f1c2a4e-0000-5000-8000-000000000001"

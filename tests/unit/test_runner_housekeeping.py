@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from services.runner.housekeeping import Housekeeping
+from freight_server.services.runner.housekeeping import Housekeeping
 from tests.waiting import wait_until
 
 

@@ -11,12 +11,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from services.scheduler import projection as scheduler
-from services.scheduler.backlog import Backlog
-from services.scheduler.projection import SchedulerProjection
-from shared.db import create_engine, migrate
-from shared.events import Event, EventFactory, EventType
-from shared.jobs import JobView, Outcome, Status
+from freight_server.services.scheduler import projection as scheduler
+from freight_server.services.scheduler.backlog import Backlog
+from freight_server.services.scheduler.projection import SchedulerProjection
+from freight_server.shared.db import create_engine, migrate
+from freight_server.shared.events import Event, EventFactory, EventType
+from freight_server.shared.jobs import JobView, Outcome, Status
 from tests.unit.test_gpus_waiting import Clock, RecordingLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

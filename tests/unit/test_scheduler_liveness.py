@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from services.scheduler import schema
-from services.scheduler.projection import SchedulerProjection
-from shared.events import Event, EventFactory, EventType
-from shared.jobs import Outcome
+from freight_server.services.scheduler import schema
+from freight_server.services.scheduler.projection import SchedulerProjection
+from freight_server.shared.events import Event, EventFactory, EventType
+from freight_server.shared.jobs import Outcome
 from tests.unit.test_scheduler_backlog import scheduler_world, submitted
 
 DEADLINE = 30  # the world's runner deadline, in seconds

@@ -2,7 +2,11 @@
 
 import pytest
 
-from services.api.submission import MAX_TIMEOUT_SECONDS, InvalidRequest, parse_job_request
+from freight_server.services.api.submission import (
+    MAX_TIMEOUT_SECONDS,
+    InvalidRequest,
+    parse_job_request,
+)
 
 
 def parse(**fields):

@@ -18,11 +18,11 @@ import falcon.testing
 import pytest
 
 from freight.jobspec import Status
-from services.api.app import create_app
-from services.api.jobs import ApiDeps
-from services.api.store import RecentSubmissions
-from services.api.tes import page_of
-from services.api.tes_model import (
+from freight_server.services.api.app import create_app
+from freight_server.services.api.jobs import ApiDeps
+from freight_server.services.api.store import RecentSubmissions
+from freight_server.services.api.tes import page_of
+from freight_server.services.api.tes_model import (
     Executor,
     InvalidTask,
     Task,
@@ -35,11 +35,11 @@ from services.api.tes_model import (
     present_task,
     tes_state,
 )
-from shared.config import Settings
-from shared.events import Event, EventFactory, EventType
-from shared.filestore_protocol import StoredBlob
-from shared.jobs import JobView, Outcome, evolve
-from shared.tokens import add_token
+from freight_server.shared.config import Settings
+from freight_server.shared.events import Event, EventFactory, EventType
+from freight_server.shared.filestore_protocol import StoredBlob
+from freight_server.shared.jobs import JobView, Outcome, evolve
+from freight_server.shared.tokens import add_token
 
 TASKS = "/ga4gh/tes/v1/tasks"
 WHEN = datetime(2030, 1, 1, tzinfo=UTC)

@@ -7,10 +7,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.consumer import Logged
-from shared.events import EventType
-from shared.jobs import JobView, Status, fold
-from shared.views import fold_views, write_views
+from freight_server.shared.consumer import Logged
+from freight_server.shared.events import EventType
+from freight_server.shared.jobs import JobView, Status, fold
+from freight_server.shared.views import fold_views, write_views
 from tests.unit.test_fold import assigned, ev, finished, started, submitted
 
 metadata = sa.MetaData()

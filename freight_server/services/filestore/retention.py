@@ -1,0 +1,121 @@
+"""When a blob may go: no upload holds it any more, and every job that refers to it ended more than
+FREIGHT_FILE_RETENTION ago. Deciding and deleting happen under the store's lock, so an upload
+committing the same bytes at that moment either keeps the blob or stores it afresh. A job's logs
+go at the same age."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from freight_server.services.filestore import schema
+from freight_server.services.filestore.blobs import BlobStore
+from freight_server.services.filestore.logs import LogStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+class Retention:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        store: BlobStore,
+        logs: LogStore,
+        lock: threading.Lock,
+        retention: timedelta,
+        clock: Callable[[], datetime],
+    ):
+        self._engine = engine
+        self._store = store
+        self._logs = logs
+        self.lock = lock
+        self._retention = retention
+        self._clock = clock
+        # Set once the projection has replayed the log: before that a job's references may not
+        # be known yet, and nothing may be deleted on their account.
+        self.caught_up = threading.Event()
+
+    def collect(self, digests: Collection[str] | None = None) -> int:
+        """Delete the blobs nothing keeps (only among `digests` if given); returns how many."""
+        if not self.caught_up.is_set():
+            return 0
+        deleted = 0
+        while True:
+            with self.lock, self._engine.begin() as connection:
+                now = self._clock()
+                doomed = collectable(connection, now, now - self._retention, digests)
+                for digest in doomed:
+                    self._store.delete(digest)
+                if doomed:
+                    connection.execute(
+                        schema.blobs.delete().where(schema.blobs.c.digest.in_(doomed))
+                    )
+                connection.execute(schema.holds.delete().where(schema.holds.c.expires_at <= now))
+            deleted += len(doomed)
+            if len(doomed) < BATCH:
+                break
+        if deleted:
+            log.info("deleted %d blobs no job needs any more", deleted)
+        if digests is None:
+            self._collect_logs()
+        return deleted
+
+    def _collect_logs(self) -> None:
+        jobs = schema.jobs
+        now = self._clock()
+        ended_before = now - self._retention
+        with self._engine.begin() as connection:
+            expired = list(
+                connection.execute(
+                    sa.select(jobs.c.job_id)
+                    .where(jobs.c.ended_at < ended_before, jobs.c.logs_deleted_at.is_(None))
+                    .limit(BATCH)
+                ).scalars()
+            )
+            for job_id in expired:
+                self._logs.delete(job_id)
+            if expired:
+                # Past its retention a job keeps nothing: its rows go with its logs, so that
+                # these tables hold the jobs of one retention period, not of all time.
+                connection.execute(schema.refs.delete().where(schema.refs.c.job_id.in_(expired)))
+                connection.execute(jobs.delete().where(jobs.c.job_id.in_(expired)))
+
+    def release(self, uploads: Collection[str]) -> int:
+        """End these uploads' holds (their submission failed) and delete what they alone kept."""
+        if not uploads:
+            return 0
+        with self.lock, self._engine.begin() as connection:
+            digests = (
+                connection.execute(
+                    sa.select(schema.holds.c.digest).where(schema.holds.c.upload.in_(uploads))
+                )
+                .scalars()
+                .all()
+            )
+            connection.execute(schema.holds.delete().where(schema.holds.c.upload.in_(uploads)))
+        return self.collect(set(digests)) if digests else 0
+
+
+def collectable(
+    connection: sa.Connection,
+    now: datetime,
+    ended_before: datetime,
+    digests: Collection[str] | None = None,
+) -> list[str]:
+    blobs, holds, refs, jobs = schema.blobs, schema.holds, schema.refs, schema.jobs
+    held = sa.exists().where(holds.c.digest == blobs.c.digest, holds.c.expires_at > now)
+    needed = sa.exists().where(
+        refs.c.digest == blobs.c.digest,
+        jobs.c.job_id == refs.c.job_id,
+        sa.or_(jobs.c.ended_at.is_(None), jobs.c.ended_at > ended_before),
+    )
+    query = sa.select(blobs.c.digest).where(~held, ~needed)
+    if digests is not None:
+        query = query.where(blobs.c.digest.in_(list(digests)))
+    return list(connection.execute(query.limit(BATCH)).scalars())

@@ -1,0 +1,48 @@
+"""The filestore's own tables: the blobs it stores, the holds that keep fresh uploads alive until
+a job refers to them, and (a projection of the log) which jobs refer to which blobs and when
+each job ended, for retention."""
+
+import sqlalchemy as sa
+
+from freight_server.shared.db import dead_letters_table, offsets_table
+
+metadata = sa.MetaData()
+
+blobs = sa.Table(
+    "filestore_blobs",
+    metadata,
+    sa.Column("digest", sa.String(71), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# An upload holds its blob until `expires_at` (FREIGHT_UPLOAD_GRACE): by then the job that uses
+# it is in the log and refers to it, or the upload was abandoned and the blob may go.
+holds = sa.Table(
+    "filestore_holds",
+    metadata,
+    sa.Column("upload", sa.String(32), primary_key=True),
+    sa.Column("digest", sa.String(71), nullable=False, index=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+refs = sa.Table(
+    "filestore_refs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("digest", sa.String(71), primary_key=True),
+    sa.Index("filestore_refs_digest", "digest"),
+)
+
+jobs = sa.Table(
+    "filestore_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("view", sa.JSON, nullable=False),
+    sa.Column("logs_deleted_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("filestore_jobs_ended_at", "ended_at"),  # the name migration filestore_0002 gives it
+)
+
+offsets = offsets_table(metadata, "filestore")
+dead_letters = dead_letters_table(metadata, "filestore")

@@ -1,0 +1,225 @@
+"""The filestore's requests: put (an upload), get (a download), release (an abandoned upload),
+and jobs' logs (append, close, state, read, tail). The protocol is described in
+freight_server/shared/filestore_protocol.py and docs/files.md."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from freight_server.services.filestore import schema
+from freight_server.services.filestore.blobs import (
+    BlobMismatch,
+    BlobNotFound,
+    BlobStore,
+    BlobWriter,
+)
+from freight_server.services.filestore.logs import LogError, LogStore
+from freight_server.services.filestore.retention import Retention
+from freight_server.shared import filestore_protocol as protocol
+from freight_server.shared.filestore_protocol import STREAM_IDS, STREAMS
+from freight_server.shared.rpc import (
+    CHUNK,
+    CHUNK_BYTES,
+    WINDOW,
+    Conversation,
+    Envelope,
+    Handler,
+    send_stream,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FilestoreServer:
+    def __init__(
+        self,
+        store: BlobStore,
+        logs: LogStore,
+        engine: sa.Engine,
+        retention: Retention,
+        upload_grace: timedelta,
+        clock: Callable[[], datetime],
+    ):
+        self._store = store
+        self._logs = logs
+        self._engine = engine
+        self._retention = retention
+        self._grace = upload_grace
+        self._clock = clock
+
+    def handlers(self) -> Mapping[str, Handler]:
+        return {
+            protocol.PUT: self.put,
+            protocol.GET: self.get,
+            protocol.RELEASE: self.release,
+            protocol.LOG_APPEND: self._logged(self.log_append),
+            protocol.LOG_CLOSE: self._logged(self.log_close),
+            protocol.LOG_STATE: self._logged(self.log_state),
+            protocol.LOG_READ: self._logged(self.log_read),
+            protocol.LOG_TAIL: self._logged(self.log_tail),
+            protocol.LOG_SAVE: self._logged(self.log_save),
+        }
+
+    def put(self, request: Envelope, conversation: Conversation) -> None:
+        writer = self._store.begin()
+        try:
+            # No READY: the client sends its first WINDOW chunks right behind the PUT.
+            received = 0
+            while True:
+                message = conversation.receive()
+                if message.kind == CHUNK:
+                    if message.headers.get("seq") != received or len(message.body) > CHUNK_BYTES:
+                        conversation.fail(protocol.INVALID, "chunks out of order or too large")
+                        return
+                    writer.write(message.body)
+                    received += 1
+                    if received % (WINDOW // 2) == 0:
+                        conversation.send(protocol.ACK, headers={"acked": received})
+                elif message.kind == protocol.COMMIT:
+                    self._commit(writer, message.json(), conversation)
+                    return
+                elif message.kind == protocol.ABORT:
+                    return
+                else:
+                    conversation.fail(protocol.INVALID, f"unexpected {message.kind!r} in an upload")
+                    return
+        except OSError as exc:
+            log.error("upload %s failed: %s", conversation.id[:8], exc)
+            conversation.fail("unavailable", f"the filestore could not write: {exc.strerror}")
+        finally:
+            writer.discard()  # nothing left once published
+
+    def _commit(self, writer: BlobWriter, claim: dict, conversation: Conversation) -> None:
+        digest, size = claim.get("digest"), claim.get("size")
+        if not isinstance(digest, str) or not protocol.DIGEST.match(digest):
+            conversation.fail(protocol.INVALID, f"{digest!r} is not a sha256 digest")
+            return
+        if not isinstance(size, int) or size < 0:
+            conversation.fail(protocol.INVALID, f"{size!r} is not a size")
+            return
+        try:
+            writer.seal(digest, size)
+        except BlobMismatch as exc:
+            conversation.fail(protocol.MISMATCH, str(exc))
+            return
+        self._keep(writer, digest, size, conversation.id)
+        conversation.send(
+            protocol.COMMITTED, data={"digest": digest, "size": size, "upload": conversation.id}
+        )
+
+    def _keep(self, writer: BlobWriter, digest: str, size: int, upload: str) -> None:
+        """Record the blob and this upload's hold, then make it readable, all under the lock
+        retention deletes under: the blob cannot be collected between the two."""
+        now = self._clock()
+        with self._retention.lock, self._engine.begin() as connection:
+            known = connection.execute(
+                sa.select(schema.blobs.c.digest).where(schema.blobs.c.digest == digest)
+            ).first()
+            if known is None:
+                connection.execute(
+                    schema.blobs.insert().values(digest=digest, size=size, stored_at=now)
+                )
+            connection.execute(
+                schema.holds.insert().values(
+                    upload=upload, digest=digest, expires_at=now + self._grace
+                )
+            )
+            writer.publish()
+
+    def get(self, request: Envelope, conversation: Conversation) -> None:
+        asked = request.json()
+        digest = str(asked.get("digest"))
+        window = min(int(asked.get("window") or WINDOW), WINDOW)
+        try:
+            reader = self._store.open(digest)
+        except BlobNotFound:
+            conversation.fail(protocol.NOT_FOUND, f"the filestore has no blob {digest}")
+            return
+        try:
+            head = {"digest": digest, "size": reader.size}
+            send_stream(conversation, head, reader.chunks(CHUNK_BYTES), window)
+        finally:
+            reader.close()
+
+    def release(self, request: Envelope, conversation: Conversation) -> None:
+        uploads = [str(u) for u in request.json().get("uploads") or ()]
+        deleted = self._retention.release(uploads)
+        conversation.send(protocol.REPLY, data={"released": len(uploads), "deleted": deleted})
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def log_append(self, request: Envelope, conversation: Conversation) -> None:
+        job_id, attempt = _log_of(request.headers)
+        size = self._logs.append(job_id, attempt, int(request.headers["at"]), request.body)
+        conversation.send(protocol.REPLY, data={"size": size})
+
+    def log_close(self, request: Envelope, conversation: Conversation) -> None:
+        self._logs.close(*_log_of(request.json()))
+        conversation.send(protocol.REPLY, data={})
+
+    def log_state(self, request: Envelope, conversation: Conversation) -> None:
+        state = self._logs.state(*_log_of(request.json()))
+        data = {"size": state.size, "payload": state.payload, "closed": state.closed}
+        conversation.send(protocol.REPLY, data=data)
+
+    def log_read(self, request: Envelope, conversation: Conversation) -> None:
+        asked = request.json()
+        job_id, attempt = _log_of(asked)
+        limit = min(int(asked.get("limit") or CHUNK_BYTES), CHUNK_BYTES)
+        chunk = self._logs.read(
+            job_id, attempt, int(asked.get("offset") or 0), limit, _streams(asked)
+        )
+        headers = {"next": chunk.next, "closed": chunk.closed, "size": chunk.size}
+        conversation.send(protocol.REPLY, chunk.records, headers=headers)
+
+    def log_tail(self, request: Envelope, conversation: Conversation) -> None:
+        asked = request.json()
+        job_id, attempt = _log_of(asked)
+        offset, skip = self._logs.tail(job_id, attempt, int(asked["lines"]), _streams(asked))
+        conversation.send(protocol.REPLY, data={"offset": offset, "skip": skip})
+
+    def log_save(self, request: Envelope, conversation: Conversation) -> None:
+        """Store the log's streams as blobs, here where the log is, rather than have the
+        runner read the container's output once more and send it all again."""
+        job_id, attempt = _log_of(request.json())
+        writers = {number: self._store.begin() for number in STREAMS}
+        try:
+            self._logs.split(job_id, attempt, writers)
+            saved = {}
+            for number, writer in writers.items():
+                digest, size = writer.written()
+                writer.seal(digest, size)
+                upload = uuid.uuid4().hex
+                self._keep(writer, digest, size, upload)
+                saved[STREAMS[number]] = {"digest": digest, "size": size, "upload": upload}
+        finally:
+            for writer in writers.values():
+                writer.discard()
+        conversation.send(protocol.REPLY, data=saved)
+
+    @staticmethod
+    def _logged(handler: Handler) -> Handler:
+        """A log request that cannot be honoured is the client's error, not ours."""
+
+        def handle(request: Envelope, conversation: Conversation) -> None:
+            try:
+                handler(request, conversation)
+            except (LogError, KeyError, TypeError, ValueError) as exc:
+                conversation.fail(protocol.INVALID, f"{request.kind}: {exc}")
+
+        return handle
+
+
+def _log_of(fields: Mapping[str, Any]) -> tuple[str, int]:
+    return str(fields["job_id"]), int(fields["attempt"])
+
+
+def _streams(asked: Mapping[str, Any]) -> set[int]:
+    names = asked.get("streams") or list(STREAM_IDS)
+    return {STREAM_IDS[name] for name in names}

@@ -1,0 +1,141 @@
+"""Databases: engines, the tables every projection shares, and migrations by alembic only.
+
+Each service owns its tables, prefixed with its name, so one database can hold all services
+(PostgreSQL in deployment) or each can keep its own file (SQLite, the local default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
+
+
+class ConcurrencyError(RuntimeError):
+    """Another process moved the same consumer's offset first; this batch must not commit."""
+
+
+def create_engine(url: str) -> sa.Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+def offsets_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    """Where a consumer's stream position is kept, written in the same transaction as its state."""
+    return sa.Table(
+        f"{prefix}_offsets",
+        metadata,
+        sa.Column("consumer", sa.String(200), primary_key=True),
+        sa.Column("position", sa.BigInteger, nullable=False),
+    )
+
+
+def dead_letters_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    """Events a consumer could not decode or apply, kept with the error instead of dropped."""
+    return sa.Table(
+        f"{prefix}_dead_letters",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("consumer", sa.String(200), nullable=False),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        # Set by `freight dead-letters replay`; the running consumer retries the event, then
+        # deletes the row or records the new error and clears this
+        # (freight_server/shared/dead_letters.py).
+        sa.Column("replay_requested_at", sa.DateTime(timezone=True), nullable=True),
+    )
+
+
+def alembic_config(service: str, connection: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SERVICES_DIR / service / "migrations"))
+    config.attributes["connection"] = connection
+    config.attributes["version_table"] = f"{service}_alembic_version"
+    return config
+
+
+def migrate(engine: sa.Engine, service: str, revision: str = "head") -> None:
+    """Bring a service's schema to `revision` (alembic upgrade), the only way tables are made."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Services starting together on one empty database take turns, not collide.
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"freight-migrate-{service}"},
+            )
+        command.upgrade(alembic_config(service, connection), revision)
+
+
+def run_migrations_online(target_metadata: sa.MetaData) -> None:
+    """The body of every service's alembic env.py."""
+    from alembic import context
+
+    config = context.config
+    connection = config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError("run migrations through shared.db.migrate (or `freight migrate`)")
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table=config.attributes["version_table"],
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def create_tracking_tables(op: Any, prefix: str) -> None:
+    """Migration step shared by every service: its offsets and dead letters tables."""
+    op.create_table(
+        f"{prefix}_offsets",
+        sa.Column("consumer", sa.String(200), primary_key=True),
+        sa.Column("position", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
+        f"{prefix}_dead_letters",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("consumer", sa.String(200), nullable=False),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def add_replay_requests(op: Any, prefix: str) -> None:
+    """Migration step: dead letters an operator asked to retry (`freight dead-letters replay`)."""
+    with op.batch_alter_table(f"{prefix}_dead_letters") as batch:
+        batch.add_column(
+            sa.Column("replay_requested_at", sa.DateTime(timezone=True), nullable=True)
+        )
+
+
+def drop_replay_requests(op: Any, prefix: str) -> None:
+    with op.batch_alter_table(f"{prefix}_dead_letters") as batch:
+        batch.drop_column("replay_requested_at")
+
+
+def drop_tracking_tables(op: Any, prefix: str) -> None:
+    op.drop_table(f"{prefix}_dead_letters")
+    op.drop_table(f"{prefix}_offsets")

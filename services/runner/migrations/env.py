@@ -1,4 +1,0 @@
-from services.runner.schema import metadata
-from shared.db import run_migrations_online
-
-run_migrations_online(metadata)
