@@ -8,7 +8,7 @@ PYTHON ?= python3
 export FREIGHT_AMQP_URL ?= amqp://guest:guest@localhost:5672/
 export FREIGHT_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install up test lint bench docker images clean lock image tes-compliance
+.PHONY: install up test lint bench docker test-tools images clean lock image tes-compliance
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ docker:
 	bash scripts/ensure-docker.sh
 	bash scripts/build-test-image.sh
 
+# What some tests drive besides Docker: libfaketime (the fault suite), Chromium (the dashboard).
+test-tools:
+	bash scripts/ensure-test-tools.sh
+
 up: install
 	bash scripts/up.sh
 
@@ -30,7 +34,7 @@ up: install
 images: install
 	bash scripts/build-images.sh
 
-test: install docker images
+test: install docker test-tools images
 	$(BIN)/pytest
 
 lint: install

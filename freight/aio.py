@@ -102,24 +102,7 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> Submitted:
         """As `Client.submit`. Files are read off the event loop, in a thread."""
-        submission = Submission.of(
-            {
-                "command": command,
-                "name": name,
-                "labels": labels,
-                "image": image,
-                "gpus": gpus,
-                "gpu_memory": gpu_memory,
-                "cpus": cpus,
-                "memory": memory,
-                "env": env,
-                "secret_env": secret_env,
-                "timeout": timeout,
-                "max_attempts": max_attempts,
-                "priority": priority,
-            },
-            idempotency_key,
-        )
+        submission = Submission.of(locals(), idempotency_key)  # first: only the arguments
         uploads = uploads_of(files)
         if not uploads:
             return await self._call(submission.json_call())

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from freight.errors import FreightError, error_for_status
-from freight.jobspec import PAIR_FIELDS
+from freight.jobspec import PAIR_FIELDS, JobSpec
 from freight.models import Event, Job, Submitted
 from freight.retry import parse_retry_after
 
@@ -114,9 +114,11 @@ class Submission:
     idempotency_key: str
 
     @classmethod
-    def of(cls, request: Mapping[str, Any], idempotency_key: str | None) -> Submission:
-        """`request`: every JobSpec field by name, None where not given."""
-        fields = {k: v for k, v in request.items() if v is not None and k not in PAIR_FIELDS}
+    def of(cls, arguments: Mapping[str, Any], idempotency_key: str | None) -> Submission:
+        """`arguments`: `submit`'s own (its `locals()`), of which the JobSpec fields are sent,
+        those given; so a field added to the model needs only a parameter, in either client."""
+        request = {k: arguments[k] for k in JobSpec.model_fields if arguments.get(k) is not None}
+        fields = {k: v for k, v in request.items() if k not in PAIR_FIELDS}
         pairs = {k: dict(request[k]) for k in PAIR_FIELDS if request.get(k)}
         return cls(fields | pairs, idempotency_key or str(uuid.uuid4()))
 

@@ -123,24 +123,7 @@ class Client:
         same key within 24 hours answers with the job it first made. The submission is retried
         with it when Freight answers 503 or the connection breaks; give your own key to retry
         safely across calls, or across restarts of your program."""
-        submission = Submission.of(
-            {
-                "command": command,
-                "name": name,
-                "labels": labels,
-                "image": image,
-                "gpus": gpus,
-                "gpu_memory": gpu_memory,
-                "cpus": cpus,
-                "memory": memory,
-                "env": env,
-                "secret_env": secret_env,
-                "timeout": timeout,
-                "max_attempts": max_attempts,
-                "priority": priority,
-            },
-            idempotency_key,
-        )
+        submission = Submission.of(locals(), idempotency_key)  # first: only the arguments
         uploads = uploads_of(files)
         if not uploads:
             return self._call(submission.json_call())

@@ -11,13 +11,20 @@ T = TypeVar("T")
 
 def wait_until(condition: Callable[[], T], timeout: float = 20.0, what: str = "") -> T:
     """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
+    result = poll(condition, timeout)
+    if not result:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+    return result
+
+
+def poll(condition: Callable[[], T], timeout: float) -> T | None:
+    """`condition`'s first truthy result within `timeout`, else its last (falsy) one: for a
+    test that reports what did not happen rather than failing at once (the fault suite)."""
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
         result = condition()
-        if result:
+        if result or time.monotonic() > deadline:
             return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)

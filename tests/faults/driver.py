@@ -24,7 +24,7 @@ from tests.e2e.conftest import Cluster
 from tests.faults.report import CANCELLED, FAILS, SUCCEEDS, Report, Submitted
 from tests.faults.stream import append_raw, poison_events, read_stream
 from tests.proxy import CuttableProxy
-from tests.waiting import wait_until
+from tests.waiting import poll, wait_until
 
 # How long a request is retried through the faults (a restart, an outage) before the run fails.
 RETRY_FOR = 120.0
@@ -217,35 +217,31 @@ class FaultDriver:
         """How many jobs `name` holds, once it holds one (or after `timeout`): a runner that
         dies busy is what makes its jobs end "runner lost" and go back to the queue."""
         runner = self.cluster.started_as[name][1]["runner_id"]
-        deadline = time.monotonic() + timeout
-        busy = 0
-        while time.monotonic() < deadline:
-            try:
-                jobs = self.all_jobs().values()
-            except (requests.RequestException, ValueError):
-                jobs = []
-            busy = sum(
-                j["runner"] == runner and j["status"] in ("PENDING", "RUNNING") for j in jobs
+
+        def busy() -> int:
+            return sum(
+                j["runner"] == runner and j["status"] in ("PENDING", "RUNNING")
+                for j in self._jobs_now()
             )
-            if busy:
-                break
-            time.sleep(0.2)
-        return busy
+
+        return poll(busy, timeout) or 0
 
     def _a_running_job(self) -> dict[str, Any] | None:
         """One of the run's jobs that is RUNNING now, if the API can say so."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                jobs = self.all_jobs()
-            except (requests.RequestException, ValueError):
-                time.sleep(0.2)
-                continue
-            running = [j for j in jobs.values() if j["status"] == "RUNNING" and j["runner"]]
-            if running:
-                return running[0]
-            time.sleep(0.2)
-        return None
+
+        def running() -> dict[str, Any] | None:
+            return next(
+                (j for j in self._jobs_now() if j["status"] == "RUNNING" and j["runner"]), None
+            )
+
+        return poll(running, 10)
+
+    def _jobs_now(self) -> list[dict[str, Any]]:
+        """The run's jobs, or none while the API cannot answer (it may be down: a fault)."""
+        try:
+            return list(self.all_jobs().values())
+        except (requests.RequestException, ValueError):
+            return []
 
     # -- observation -----------------------------------------------------------------------
 

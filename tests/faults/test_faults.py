@@ -15,7 +15,6 @@ import os
 import random
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.conftest import _fresh_postgres_database
 from tests.e2e.conftest import Cluster, free_port, running_cluster
 from tests.faults.driver import FaultDriver
 from tests.proxy import CuttableProxy
+from tests.waiting import poll
 
 JOBS = 60
 SUBMIT_SPACING = 0.8  # seconds between submissions, on average: still coming as runner-b dies
@@ -132,7 +132,7 @@ def test_nothing_accepted_is_lost_and_no_attempt_runs_twice(
 
             # No wait here fails the run: what did not settle in time shows in the table.
             report.final = _settled(driver, timeout=180)
-            _poll(
+            poll(
                 lambda: (
                     driver.collect_responses(cluster_settings.amqp_url, settings.response_queue)
                     or report.responses >= set(report.final)
@@ -185,18 +185,8 @@ def _settled(driver: FaultDriver, timeout: float) -> dict[str, dict[str, Any]]:
         ended = all(j["status"] in ("COMPLETE", "FAILED") for j in latest.values())
         return ended and accepted <= set(latest)
 
-    _poll(all_ended, timeout)
+    poll(all_ended, timeout)
     return latest
-
-
-def _poll(condition: Any, timeout: float) -> bool:
-    """`condition` polled until true or `timeout`; whether it came true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def _answers(url: str) -> bool:
