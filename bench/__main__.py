@@ -3,7 +3,10 @@
     python -m bench [--latency-jobs 30] [--throughput-jobs 100] [--slots 4] [--rounds 2]
                     [--api-requests 400] [--api-clients 1,8,32,128]
                     [--scale-jobs 100000] [--scale-reads 300] [--placement-jobs 10000]
-                    [--files-mib 64] [--only latency,throughput,api,scale,placement,files]
+                    [--files-mib 64] [--chatty-mb 200] [--many-files 20000] [--big-mib 2048]
+                    [--controlplane-jobs 2000] [--controlplane-slots 32]
+                    [--fleet-jobs 20000] [--fleet-runners 8]
+                    [--only latency,throughput,api,scale,placement,files,outputs,controlplane,fleet]
 
 Each scenario starts its own services (see bench/cluster.py) on the RabbitMQ at FREIGHT_AMQP_URL
 and the local Docker engine; Freight and its baseline alternate within a run (A B A B) so that
@@ -25,13 +28,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api, latency, placement, scale, throughput
+from bench import api, controlplane, fleet, latency, outputs, placement, scale, throughput
 from bench import files as files_bench
 from bench.cluster import ALL_SERVICES, Cluster
 from bench.plot import plot
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("latency", "throughput", "api", "scale", "placement", "files")
+SCENARIOS = (
+    "latency",
+    "throughput",
+    "api",
+    "scale",
+    "placement",
+    "files",
+    "outputs",
+    "controlplane",
+    "fleet",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         "scale": lambda root: scale.run(root, args.scale_jobs, args.scale_reads),
         "placement": lambda root: placement.run(root, args.placement_jobs, args.slots),
         "files": lambda root: _files(root, args.files_mib),
+        "outputs": lambda root: outputs.run(
+            root, args.chatty_mb, args.many_files, args.big_mib, args.rounds
+        ),
+        "controlplane": lambda root: _with_cluster(
+            root,
+            lambda c: controlplane.run(c, args.controlplane_jobs, args.controlplane_slots),
+            runner_slots=args.controlplane_slots,
+            runner_executor="local",
+        ),
+        "fleet": lambda root: fleet.run(root, args.fleet_jobs, args.fleet_runners, args.slots),
     }
     with tempfile.TemporaryDirectory(prefix="freight-bench-") as scratch:
         for name in chosen:
@@ -106,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
         "--placement-jobs", type=int, default=10_000, help="jobs queued before placing"
     )
     parser.add_argument("--files-mib", type=int, default=64)
+    parser.add_argument("--chatty-mb", type=int, default=200, help="MB a chatty job prints")
+    parser.add_argument("--many-files", type=int, default=20_000, help="files a job writes")
+    parser.add_argument("--big-mib", type=int, default=2048, help="MiB of one output file")
+    parser.add_argument("--controlplane-jobs", type=int, default=2000)
+    parser.add_argument("--controlplane-slots", type=int, default=32)
+    parser.add_argument("--fleet-jobs", type=int, default=20_000, help="jobs queued for the fleet")
+    parser.add_argument("--fleet-runners", type=int, default=8)
     parser.add_argument("--only", default="", help=f"a comma-separated subset of {SCENARIOS}")
     return parser
 
@@ -259,6 +289,12 @@ def table(results: dict[str, Any]) -> str:
                     f"{r[f'{name}_ratio']:.2f}×",
                 )
             )
+    if "outputs" in s:
+        rows += outputs.rows(s["outputs"])
+    if "controlplane" in s:
+        rows += controlplane.rows(s["controlplane"])
+    if "fleet" in s:
+        rows += fleet.rows(s["fleet"])
     widths = [max(len(row[i]) for row in rows) for i in range(4)] if rows else [0] * 4
     header = f"Freight against the machine ({results['machine']['summary']})"
     lines = [header]

@@ -119,6 +119,7 @@ class Cluster:
             return
         channel = connection.channel()
         channel.queue_delete(f"{self.namespace}.events")
+        channel.queue_delete(f"{self.namespace}.heartbeats")
         channel.queue_delete(f"{self.namespace}.job_response")
         channel.queue_delete(f"{self.namespace}.bench-responses")
         channel.exchange_delete(f"{self.namespace}.job_response")
@@ -155,6 +156,15 @@ class Responses:
             if not self._changed.wait_for(lambda: job_id in self._arrived, timeout):
                 raise TimeoutError(f"no job_response for {job_id} in {timeout}s")
             return self._arrived[job_id]
+
+    def last_of(self, job_ids: list[str], timeout: float = 600) -> float:
+        """When the last of these jobs' responses arrived; RuntimeError if any did not
+        complete."""
+        last = max(self.wait_for(job_id, timeout)[0] for job_id in job_ids)
+        failed = [i for i in job_ids if self.wait_for(i)[1]["status"] != "COMPLETE"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} benchmark jobs failed, e.g. {failed[0]}")
+        return last
 
     def _consume(self) -> None:
         # Other work on this machine may restart the broker: subscribe again, on a queue that
@@ -252,19 +262,26 @@ def free_port() -> int:
 
 
 class CpuMeter:
-    """CPU seconds (user + system) that each of Freight's services and the container engine's
-    daemons spend between `start` and `stop`: where a job's cost goes, beside its wall time.
-    Containers' own processes and the kernel's work for them are not in any of these."""
+    """CPU seconds (user + system) that each of Freight's services, the container engine's
+    daemons and the broker spend between `start` and `stop`: where a job's cost goes, beside its
+    wall time. Containers' own processes and the kernel's work for them are not in any of these;
+    with `children`, "jobs" is what the runner's reaped children spent (the local executor's
+    processes: the jobs themselves)."""
 
-    ENGINE = ("dockerd", "containerd")
+    DAEMONS = ("dockerd", "containerd", "beam.smp")
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, children: bool = False):
         self._groups = {
             service: _process_tree(process.pid)
             for service, process in zip(cluster.services, cluster.processes, strict=True)
         }
-        for daemon in self.ENGINE:
-            self._groups[daemon] = _pids_named(daemon)
+        for daemon in self.DAEMONS:
+            self._groups["broker" if daemon == "beam.smp" else daemon] = _pids_named(daemon)
+        self._children = (
+            _process_tree(cluster.processes[cluster.services.index("runner")].pid)
+            if children and "runner" in cluster.services
+            else []
+        )
         self._started: dict[str, float] = {}
 
     def start(self) -> None:
@@ -275,7 +292,10 @@ class CpuMeter:
         return {group: round(now[group] - self._started[group], 3) for group in now}
 
     def _now(self) -> dict[str, float]:
-        return {group: sum(map(_cpu_seconds, pids)) for group, pids in self._groups.items()}
+        now = {group: sum(map(_cpu_seconds, pids)) for group, pids in self._groups.items()}
+        if self._children:
+            now["jobs"] = sum(_cpu_seconds(pid, reaped=True) for pid in self._children)
+        return now
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -296,9 +316,11 @@ def _pids_named(name: str) -> list[int]:
     return found
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """A process's own CPU seconds, or with `reaped` those of its children it has waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0  # gone: its time is lost to the meter, which says so by its docstring
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if reaped else 11  # utime, stime; cutime, cstime
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")

@@ -131,16 +131,20 @@ def _events(url: str, job_id: str) -> list[dict[str, Any]]:
 
 
 class _Body:
-    """A multipart body read from disk as it is sent, with its length (so not chunked)."""
+    """A multipart body read from disk as it is sent, with its length (so not chunked).
+
+    The HTTP client reads it 16 KiB at a time: each read is a slice of the piece at hand, not
+    a copy of the rest of it (which cost this process ~0.1 s of CPU per 64 MiB, taken from the
+    services on a small machine)."""
 
     def __init__(self, head: bytes, source: Path, tail: bytes):
         self._head, self._source, self._tail = head, source, tail
         self._length = len(head) + source.stat().st_size + len(tail)
         self._pieces: Iterator[bytes] = iter(())
-        self._pending = b""
+        self._pending = memoryview(b"")
 
     def rewind(self) -> None:
-        self._pieces, self._pending = self._read(), b""
+        self._pieces, self._pending = self._read(), memoryview(b"")
 
     def _read(self) -> Iterator[bytes]:
         yield self._head
@@ -154,12 +158,12 @@ class _Body:
 
     def read(self, size: int = -1) -> bytes:
         while not self._pending:
-            self._pending = next(self._pieces, b"")
+            self._pending = memoryview(next(self._pieces, b""))
             if not self._pending:
                 return b""
         size = len(self._pending) if size < 0 else size
         out, self._pending = self._pending[:size], self._pending[size:]
-        return out
+        return out.tobytes()
 
 
 def write_random(path: Path, size: int) -> Path:

@@ -25,10 +25,13 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic
 
+from freight_server.shared.amqp_io import LeanSelectConnection, tune_reads
 from freight_server.shared.config import Settings
 from freight_server.shared.events import Event, encode
 
 log = logging.getLogger(__name__)
+
+tune_reads()  # larger socket reads for every connection (freight_server/shared/amqp_io.py)
 
 AMQP_ERRORS = (
     pika.exceptions.AMQPError,
@@ -264,7 +267,9 @@ def _as_policy(arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def connect(amqp_url: str, name: str, heartbeat: int = 30) -> pika.BlockingConnection:
-    return pika.BlockingConnection(connection_parameters(amqp_url, name, heartbeat))
+    return pika.BlockingConnection(
+        connection_parameters(amqp_url, name, heartbeat), _impl_class=LeanSelectConnection
+    )
 
 
 def connection_parameters(amqp_url: str, name: str, heartbeat: int = 30) -> pika.URLParameters:
@@ -335,20 +340,21 @@ class Publisher:
         )
 
     def publish(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
+        self.publish_async(messages).wait()
+
+    def publish_async(self, messages: Sequence[Message]) -> Publishing:
+        """Hand `messages` over without waiting for their confirm; `wait()` on the answer
+        returns once RabbitMQ confirmed them all, or raises as `publish` does. What is handed
+        over goes out in the order it was handed over, so a caller may keep a few batches in
+        flight and wait for each in turn."""
         request = _Request(list(messages))
+        if not messages:
+            request.done.set_result(None)
+            return Publishing(request, self._timeout)
         with self._lock:
             self._waiting.append(request)
         self._loop.wake()
-        try:
-            request.done.result(timeout=self._timeout)
-        except TimeoutError:
-            if request.done.cancel():  # the publisher had not taken it: it never goes out
-                raise BrokerUnavailable(
-                    f"RabbitMQ could not be reached within {self._timeout:g}s"
-                ) from None
-            raise ConfirmMissing(f"RabbitMQ did not confirm within {self._timeout:g}s") from None
+        return Publishing(request, self._timeout)
 
     def declare_topology(self) -> None:
         """Declare the topology again, e.g. once an operator deleted a queue or a binding;
@@ -371,6 +377,27 @@ class Publisher:
             taken = list(self._waiting)
             self._waiting.clear()
         return taken
+
+
+class Publishing:
+    """Messages handed to the publisher: `wait()` for their confirm, within the publisher's
+    timeout counted from the handover."""
+
+    def __init__(self, request: _Request, timeout: float):
+        self._request = request
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+
+    def wait(self) -> None:
+        done = self._request.done
+        try:
+            done.result(timeout=max(0.0, self._deadline - time.monotonic()))
+        except TimeoutError:
+            if done.cancel():  # the publisher had not taken it: it never goes out
+                raise BrokerUnavailable(
+                    f"RabbitMQ could not be reached within {self._timeout:g}s"
+                ) from None
+            raise ConfirmMissing(f"RabbitMQ did not confirm within {self._timeout:g}s") from None
 
 
 @dataclass(eq=False)
@@ -486,7 +513,7 @@ class _PublishingLoop:
     def _connect(self) -> None:
         if self._connection is not None:
             return  # already connecting
-        self._connection = pika.SelectConnection(
+        self._connection = LeanSelectConnection(
             self._params,
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_error,

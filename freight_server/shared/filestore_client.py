@@ -7,10 +7,8 @@ not listening (PeerUnavailable), silent past the timeout (TransferTimeout), or r
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +24,7 @@ from freight_server.shared.rpc import (
     Node,
     Outgoing,
     PeerUnavailable,
+    Posting,
     TransferError,
     outgoing,
     rechunk,
@@ -53,6 +52,7 @@ class FilestoreClient:
 
     def upload(self, pieces: Iterable[bytes]) -> StoredBlob:
         """Store the bytes `pieces` yields; held by the filestore until a job refers to them.
+        Their digest is the filestore's, of the bytes it wrote (they are hashed once, there).
 
         If `pieces` raises (the client went away), the upload is aborted and nothing is kept."""
         upload = _Upload(rechunk(pieces))
@@ -65,6 +65,14 @@ class FilestoreClient:
                 with suppress(TransferError):
                     conversation.send(protocol.ABORT)
                 raise
+
+    def upload_many(self, blobs: Sequence[bytes]) -> list[StoredBlob]:
+        """Store small blobs (protocol.PUT_MANY_BYTES at most in all) in one request; held
+        like uploads. Their digests are the filestore's, in their order."""
+        if not blobs:
+            return []
+        reply = self._ask(protocol.PUT_MANY, body=protocol.pack_blobs(blobs)).json()
+        return [StoredBlob(b["digest"], int(b["size"]), b["upload"]) for b in reply["blobs"]]
 
     def download(self, digest: str, patience: float | None = None) -> IncomingStream:
         """The blob's bytes: `.head["size"]`, then iterate; `not_found` if it is gone."""
@@ -186,17 +194,17 @@ class RunnerFilesClient:
 
 class _Upload:
     """The client's side of a put: PUT, then CHUNKs never more than WINDOW beyond the last ACK
-    (the window both sides know, so nothing waits for the filestore before sending), then COMMIT.
+    (the window both sides know, so nothing waits for the filestore before sending), then COMMIT
+    {size}: the filestore hashes what it wrote and answers with its digest; the chunks' `seq`
+    and the size make a lost, repeated or reordered chunk a failed upload.
 
     Chunks go out in batches of BATCH, each batch one publish and one confirm, so the broker's
     round trip is paid once per batch rather than once per chunk; a batch is also cut short
-    when the window is full. A blob bigger than one batch is read on while the batch before is
-    being sent (one at a time, in order, on a thread of its own): what is held here is at most
-    two batches, a window."""
+    when the window is full. A blob bigger than one batch is read on while the batch before
+    awaits its confirm: what is held here is at most two batches, a window."""
 
     def __init__(self, chunks: Iterator[bytes]):
         self._chunks = chunks
-        self._hasher = hashlib.sha256()
         self._size = 0
         self._sent = 0  # chunks handed to the broker or gathered into the batch
         self._acked = 0
@@ -212,11 +220,9 @@ class _Upload:
         while gathered < BATCH and self._sent - self._acked < WINDOW:
             chunk = next(self._chunks, None)
             if chunk is None:
-                digest = f"sha256:{self._hasher.hexdigest()}"
-                batch.append(outgoing(protocol.COMMIT, data={"digest": digest, "size": self._size}))
+                batch.append(outgoing(protocol.COMMIT, data={"size": self._size}))
                 self._finished = True
                 break
-            self._hasher.update(chunk)
             self._size += len(chunk)
             batch.append(Outgoing(CHUNK, chunk, {"seq": self._sent}))
             self._sent += 1
@@ -225,28 +231,24 @@ class _Upload:
 
     def finish(self, conversation: Conversation) -> StoredBlob:
         """Send the rest (the first batch is out) and wait for COMMITTED."""
-        if not self._finished:
-            with ThreadPoolExecutor(1, thread_name_prefix="upload") as sender:
-                self._send_rest(conversation, sender)
+        posting = Posting(conversation)
+        while not self._finished:
+            while self._sent - self._acked >= WINDOW:
+                self._acked = max(self._acked, _acked(conversation))
+            # Read while the batch before awaits its confirm; posting it waits for that one.
+            posting.post(self.batch())
+        posting.flush()
         while True:
             message = conversation.receive()
             if message.kind == protocol.COMMITTED:
                 committed = message.json()
+                if int(committed["size"]) != self._size:
+                    raise TransferError(
+                        f"the filestore stored {committed['size']} bytes of {self._size} sent"
+                    )
                 return StoredBlob(committed["digest"], int(committed["size"]), committed["upload"])
             if message.kind != protocol.ACK:
                 raise TransferError(f"the filestore sent {message.kind!r} during an upload")
-
-    def _send_rest(self, conversation: Conversation, sender: ThreadPoolExecutor) -> None:
-        sending: Future[None] | None = None
-        while not self._finished:
-            while self._sent - self._acked >= WINDOW:
-                self._acked = max(self._acked, _acked(conversation))
-            batch = self.batch()
-            if sending is not None:
-                sending.result()  # the batch before is confirmed (or its failure raised)
-            sending = sender.submit(conversation.send_all, batch)
-        if sending is not None:
-            sending.result()
 
 
 def _acked(conversation: Conversation) -> int:

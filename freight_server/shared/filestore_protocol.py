@@ -5,10 +5,16 @@ Queues (namespaced, so deployments and tests sharing a broker never meet):
   `{namespace}.runner.{runner_id}.files`  one runner's requests: live (a running job's files)
 
 put (an upload): the client sends PUT, then at once CHUNKs with their `seq`, never more than
-  WINDOW (shared.rpc, known to both sides) beyond the last ACK {acked: n}; then COMMIT {size,
-  digest}. A small blob is PUT, CHUNK, COMMIT in one publish. The filestore, having hashed what
-  it wrote and made it durable, answers COMMITTED {digest, size, upload} or the error
-  `mismatch`. ABORT, or silence past the timeout, discards the upload.
+  WINDOW (shared.rpc, known to both sides) beyond the last ACK {acked: n}; then COMMIT {size}
+  (and optionally `digest`, checked if given). A small blob is PUT, CHUNK, COMMIT in one
+  publish. The filestore hashes the bytes as it writes them (the only time they are hashed on
+  the way in) and, once they are durable and their size is the one claimed, answers COMMITTED
+  {digest, size, upload}, or the error `mismatch`. ABORT, or silence past the timeout, discards
+  the upload.
+put_many + blobs packed (each: 8 bytes of length, then its bytes; PUT_MANY_BYTES and
+  PUT_MANY_BLOBS at most): small blobs stored together, each hashed once, there, all made
+  durable with one sync and recorded in one transaction → REPLY {blobs: [{digest, size,
+  upload}, ...]} in their order.
 get {digest}: a stream (shared.rpc.send_stream) with head {digest, size}, or `not_found`.
 release {uploads}: the uploads' holds end at once; blobs nothing else holds or refers to go.
 live {job_id, attempt, path}: a stream with head {type: "file", size, ...} and the bytes, or a
@@ -26,12 +32,13 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 # Requests.
 PUT = "put"
+PUT_MANY = "put_many"
 GET = "get"
 RELEASE = "release"
 LIVE = "live"
@@ -56,6 +63,11 @@ MISMATCH = "mismatch"
 INVALID = "invalid"
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+PUT_MANY_BYTES = 16 * 1024 * 1024  # what one put_many may carry: one message
+PUT_MANY_BLOBS = 4096  # and how many blobs
+_BLOB_LENGTH = struct.Struct(">Q")
+# No bytes: never stored, always there (a job that printed nothing refers to it at no cost).
+EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 def filestore_queue(namespace: str) -> str:
@@ -119,3 +131,24 @@ def log_records(data: bytes) -> Iterator[tuple[int, bytes]]:
             raise MalformedRecords("a record is malformed or cut short")
         yield stream, data[start : start + length]
         at = start + length
+
+
+def pack_blobs(blobs: Sequence[bytes]) -> bytes:
+    """put_many's body: each blob's length, then its bytes."""
+    return b"".join(_BLOB_LENGTH.pack(len(blob)) + blob for blob in blobs)
+
+
+def unpack_blobs(body: bytes) -> list[bytes]:
+    """The blobs of a put_many body; ValueError if it is not one."""
+    blobs, at = [], 0
+    with memoryview(body) as view:
+        while at < len(view):
+            if at + _BLOB_LENGTH.size > len(view):
+                raise ValueError("a blob's length is cut short")
+            (length,) = _BLOB_LENGTH.unpack_from(view, at)
+            at += _BLOB_LENGTH.size
+            if at + length > len(view):
+                raise ValueError("a blob is cut short")
+            blobs.append(bytes(view[at : at + length]))
+            at += length
+    return blobs

@@ -10,7 +10,9 @@ Bytes move in chunks of at most CHUNK_BYTES, and a sender is never more than a w
 ahead of what the receiver has taken, so memory stays bounded whatever the size: in both
 processes and in the broker. Every send is confirmed by the broker and routed with `mandatory`:
 a peer whose queue is gone is an immediate PeerUnavailable, a silent one a TransferTimeout.
-Messages sent together (`send_all`) share one confirm: one round trip to the broker, not one each.
+Messages sent together (`send_all`) share one confirm: one round trip to the broker, not one each;
+a stream's chunks go out in batches, the next batch read while the one before awaits its confirm
+(`post`), so a transfer never stops to wait for the broker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -28,12 +31,22 @@ from typing import Any
 
 import pika
 
-from freight_server.shared.bus import AMQP_ERRORS, BrokerUnavailable, Message, Publisher, connect
+from freight_server.shared.bus import (
+    AMQP_ERRORS,
+    BrokerUnavailable,
+    Message,
+    Publisher,
+    Publishing,
+    connect,
+)
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024 * 1024
-WINDOW = 8  # chunks in flight per transfer: at most 8 MiB held anywhere for one transfer
+# A chunk is one message: large enough that a transfer is a few dozen messages and confirms per
+# 100 MiB, small enough to stay far under RabbitMQ's message size limit (128 MiB by default)
+# and to go out in the broker's frames (128 KiB by default) without holding others up for long.
+CHUNK_BYTES = 4 * 1024 * 1024
+WINDOW = 4  # chunks in flight per transfer: at most 16 MiB of one transfer held anywhere
 # How long a sender waits for credit: its reader may be a slow client at the end of an HTTP
 # download, which is not a dead one (a dead one's inbox goes, and the next send fails).
 SLOW_READER = 600.0
@@ -94,6 +107,41 @@ class Outgoing:
     headers: Mapping[str, Any] | None = None
 
 
+class Sent:
+    """Messages handed to the broker: `wait()` returns once it confirmed them all."""
+
+    def __init__(self, publishing: Publishing, peer: str):
+        self._publishing = publishing
+        self._peer = peer
+
+    def wait(self) -> None:
+        try:
+            self._publishing.wait()
+        except BrokerUnavailable as exc:
+            raise PeerUnavailable(f"could not reach {self._peer}: {exc}") from None
+
+
+class Posting:
+    """Batches posted one after another on a conversation, at most `depth` of them awaiting
+    their confirm: the sender prepares the next while the broker takes the last."""
+
+    def __init__(self, conversation: Conversation, depth: int = 1):
+        self._conversation = conversation
+        self._depth = depth
+        self._pending: deque[Sent] = deque()
+
+    def post(self, messages: Sequence[Outgoing]) -> None:
+        """Raises what an earlier batch's failed confirm raised, if one did."""
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().wait()
+        self._pending.append(self._conversation.post(messages))
+
+    def flush(self) -> None:
+        """Wait until every batch posted is confirmed."""
+        while self._pending:
+            self._pending.popleft().wait()
+
+
 def outgoing(
     kind: str, body: bytes = b"", *, data: Any = None, headers: Mapping[str, Any] | None = None
 ) -> Outgoing:
@@ -125,7 +173,12 @@ class Conversation:
 
     def send_all(self, messages: Sequence[Outgoing]) -> None:
         """Send `messages` in order and wait for the broker to take them all (one confirm)."""
-        self._node.send(self.peer, self.id, messages)
+        self.post(messages).wait()
+
+    def post(self, messages: Sequence[Outgoing]) -> Sent:
+        """Hand `messages` over without waiting for their confirm: `wait()` on the answer
+        raises what `send_all` would have. Posts go out in order."""
+        return self._node.post(self.peer, self.id, messages)
 
     def receive(self, timeout: float | None = None) -> Envelope:
         """The next message; an error from the peer is raised as RemoteError."""
@@ -217,6 +270,9 @@ class Node:
         return conversation
 
     def send(self, peer: str, conversation: str, messages: Sequence[Outgoing]) -> None:
+        self.post(peer, conversation, messages).wait()
+
+    def post(self, peer: str, conversation: str, messages: Sequence[Outgoing]) -> Sent:
         address = self._address
         if address is None:
             raise PeerUnavailable("RabbitMQ is unreachable")
@@ -234,10 +290,7 @@ class Node:
             )
             for m in messages
         ]
-        try:
-            self._publisher.publish(batch)
-        except BrokerUnavailable as exc:
-            raise PeerUnavailable(f"could not reach {peer}: {exc}") from None
+        return Sent(self._publisher.publish_async(batch), peer)
 
     def forget(self, conversation: str) -> None:
         with self._lock:
@@ -345,19 +398,35 @@ def send_stream(
     conversation: Conversation, head: Mapping[str, Any], chunks: Iterable[bytes], window: int
 ) -> bool:
     """Push `head`, then `chunks`, never more than `window` ahead of the receiver's credit.
-    Returns False if the receiver cancelled."""
-    conversation.send(HEAD, data=dict(head))
+    Returns False if the receiver cancelled.
+
+    Chunks go out in batches of up to half the window (the head with the first, the end with
+    the last), one publish and one confirm each; the next batch is read while the one before
+    awaits its confirm. What this side holds is at most the window: a batch in the broker's
+    hands and one being gathered."""
+    posting = Posting(conversation)
+    batch_size = max(1, window // 2)
+    batch = [outgoing(HEAD, data=dict(head))]
     granted, sent = window, 0
     for chunk in chunks:
-        while sent >= granted:
-            envelope = conversation.receive(max(conversation.timeout, SLOW_READER))
-            if envelope.kind == CANCEL:
-                return False
-            if envelope.kind == CREDIT:
-                granted = max(granted, int(envelope.headers.get("granted", 0)))
-        conversation.send(CHUNK, chunk, headers={"seq": sent})
+        if sent >= granted:
+            if batch:
+                posting.post(batch)
+                batch = []
+            while sent >= granted:
+                envelope = conversation.receive(max(conversation.timeout, SLOW_READER))
+                if envelope.kind == CANCEL:
+                    return False
+                if envelope.kind == CREDIT:
+                    granted = max(granted, int(envelope.headers.get("granted", 0)))
+        batch.append(Outgoing(CHUNK, chunk, {"seq": sent}))
         sent += 1
-    conversation.send(END, headers={"chunks": sent})
+        if len(batch) >= batch_size:
+            posting.post(batch)
+            batch = []
+    batch.append(Outgoing(END, b"", {"chunks": sent}))
+    posting.post(batch)
+    posting.flush()
     return True
 
 
@@ -381,6 +450,9 @@ class IncomingStream:
     def __iter__(self) -> Iterator[bytes]:
         conversation, window = self._conversation, self._window
         received, granted = 0, window
+        # Credit is posted without waiting for its confirm (the reader goes on reading); the
+        # one before is confirmed by the time the next goes, or its failure raised then.
+        credits = Posting(conversation)
         try:
             while True:
                 envelope = conversation.receive(self._timeout)
@@ -394,7 +466,7 @@ class IncomingStream:
                 received += 1
                 if granted - received <= window // 2:
                     granted = received + window
-                    conversation.send(CREDIT, headers={"granted": granted})
+                    credits.post([Outgoing(CREDIT, b"", {"granted": granted})])
                 yield envelope.body
         finally:
             self.close()
@@ -416,18 +488,35 @@ class IncomingStream:
 
 
 def rechunk(pieces: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Pieces of any size as chunks of exactly `size` bytes (the last one shorter)."""
-    buffer = bytearray()
+    """Pieces of any size as chunks of exactly `size` bytes (the last one shorter). Pieces are
+    gathered, then joined once: a chunk made of pieces is copied once, a piece of exactly
+    `size` not at all."""
+    held: list[bytes] = []
+    length = 0
     for piece in pieces:
-        if not buffer and len(piece) == size:
+        if not held and len(piece) == size:
             yield piece  # the usual case: no copy
             continue
-        buffer += piece
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        if not piece:
+            continue
+        held.append(piece)
+        length += len(piece)
+        if length < size:
+            continue
+        joined = b"".join(held)
+        if length == size:
+            held, length = [], 0
+            yield joined
+            continue
+        at = 0
+        with memoryview(joined) as view:
+            while length - at >= size:
+                yield bytes(view[at : at + size])
+                at += size
+            held = [bytes(view[at:])] if at < length else []
+        length -= at
+    if held:
+        yield b"".join(held)
 
 
 def read_chunks(stream: Any, size: int = CHUNK_BYTES) -> Iterator[bytes]:

@@ -87,6 +87,16 @@ def write_views(
         )
 
 
+def view_columns(view: JobView) -> dict[str, Any]:
+    """A view's row where a table keeps its status, runner and end beside it to query by."""
+    return {
+        "status": view.status.value,
+        "runner": view.runner,
+        "view": view.to_dict(),
+        "finished_at": view.finished_at,
+    }
+
+
 def _scoped(table: sa.Table, scope: Mapping[str, Any] | None) -> list[sa.ColumnElement[bool]]:
     return [table.c[name] == value for name, value in (scope or {}).items()]
 

@@ -155,7 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             all=True, filters={"label": f"freight.namespace={name}"}
         ):
             container.remove(force=True)
-        stack.compose("down", "-v", "--remove-orphans")
+        stack.compose("down", "-v", "--remove-orphans", "--timeout", "3")
         assert not client.volumes.list(filters={"label": f"com.docker.compose.project={name}"})
 
 

@@ -178,10 +178,7 @@ def running_cluster(
         yield cluster
     finally:
         cluster.stop_all()
-        for container in client.containers.list(
-            all=True, filters={"label": f"freight.namespace={settings.namespace}"}
-        ):
-            container.remove(force=True)
+        remove_containers(client, settings.namespace)
         for log in sorted(logs.glob("*.log")):
             sys.stderr.write(f"--- {log.stem}\n{log.read_text(errors='replace')[-3000:]}\n")
 
@@ -294,3 +291,17 @@ def responses(cluster_settings: Settings) -> Iterator[Any]:
 
     yield Responses()
     connection.close()
+
+
+def remove_containers(client: docker.DockerClient, namespace: str) -> None:
+    """Every container of the namespace, whether or not a runner is removing it too."""
+    for container in client.containers.list(
+        all=True, filters={"label": f"freight.namespace={namespace}"}
+    ):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # its removal already in progress
+                raise

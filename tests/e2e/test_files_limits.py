@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 
 from freight_server.shared.filestore_client import BATCH
+from freight_server.shared.rpc import CHUNK_BYTES
 from tests.e2e.conftest import _answers
 from tests.waiting import wait_until
 
@@ -39,7 +40,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_nothing(cluster):
     second = (
         f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file[]"; filename="two.bin"'
         "\r\n\r\n"
-    ).encode() + os.urandom((BATCH + 1) * MIB)  # past the first batch: the upload has begun
+    ).encode() + os.urandom((BATCH + 1) * CHUNK_BYTES)  # past the first batch: under way
     host, port = cluster.settings.api_bind.split(":")
     with socket.create_connection((host, int(port))) as connection:
         connection.sendall(

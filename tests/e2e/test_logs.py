@@ -106,3 +106,22 @@ def test_a_job_printing_100_mb_is_served_in_bounded_memory(cluster):
 
     peaks = {name: peak_rss_mib(p.pid) for name, p in cluster.processes.items()}
     assert all(peak < 150 for peak in peaks.values()), peaks
+
+
+def test_a_job_that_prints_nothing_has_empty_streams(cluster):
+    job_id = cluster.submit("true")["job_id"]
+    assert cluster.wait_for_status(job_id, "COMPLETE", "FAILED")["status"] == "COMPLETE"
+
+    logs = requests.get(f"{cluster.url}/jobs/{job_id}/logs", timeout=30)
+    files = {
+        path: requests.get(
+            f"{cluster.url}/files", params={"job_id": job_id, "path": path}, timeout=30
+        )
+        for path in ("/.freight/stdout", "/.freight/stderr")
+    }
+
+    assert logs.status_code == 200 and logs.content == b""
+    assert {path: (r.status_code, r.content) for path, r in files.items()} == {
+        "/.freight/stdout": (200, b""),
+        "/.freight/stderr": (200, b""),
+    }

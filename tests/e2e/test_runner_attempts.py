@@ -23,7 +23,7 @@ from freight_server.services.runner.executor import DockerExecutor
 from freight_server.shared.events import Event, EventFactory, EventType, utcnow
 from freight_server.shared.jobs import JobView, Outcome, Status, evolve
 from tests.conftest import TEST_IMAGE
-from tests.e2e.conftest import docker_client
+from tests.e2e.conftest import docker_client, remove_containers
 from tests.waiting import wait_until
 
 
@@ -59,11 +59,7 @@ class FlakyStops:
 def namespace() -> Iterator[str]:
     namespace = f"test-{uuid.uuid4().hex[:10]}"
     yield namespace
-    client = docker_client()
-    for container in client.containers.list(
-        all=True, filters={"label": f"freight.namespace={namespace}"}
-    ):
-        container.remove(force=True)
+    remove_containers(docker_client(), namespace)
 
 
 def context(namespace: str, client: docker.DockerClient, log: RecordingLog) -> RunnerContext:

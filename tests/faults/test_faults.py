@@ -31,9 +31,9 @@ from tests.faults.driver import FaultDriver
 from tests.proxy import CuttableProxy
 from tests.waiting import poll
 
-JOBS = 60
+JOBS = 50
 SUBMIT_SPACING = 0.8  # seconds between submissions, on average: still coming as runner-b dies
-FAULT_SPACING = 4.0  # seconds between faults, on average
+FAULT_SPACING = 3.0  # seconds between faults, on average
 SKEWED_RUNNER, SKEW = "runner-b", 60.0  # this runner's clock is a minute ahead
 # The multi-threaded build: the services run threads.
 LIBFAKETIME = "/usr/lib/*/faketime/libfaketimeMT.so.1"

@@ -99,6 +99,24 @@ def test_an_empty_file_is_a_blob_too(filestore, client):
         assert b"".join(download) == b""
 
 
+def test_small_blobs_go_in_together_each_stored_once_and_held(filestore, client, store_settings):
+    blobs = [b"one", os.urandom(100_000), b"", b"one"]
+    stored = client.upload_many(blobs)
+
+    assert [s.digest for s in stored] == [f"sha256:{hashlib.sha256(b).hexdigest()}" for b in blobs]
+    assert [s.size for s in stored] == [len(b) for b in blobs]
+    assert len({s.upload for s in stored}) == 4  # each its own hold, as one upload each
+    assert len(blob_files(store_settings)) == 3 and partial_files(store_settings) == []
+    for blob, saved in zip(blobs, stored, strict=True):
+        with client.download(saved.digest) as download:
+            assert b"".join(download) == blob
+
+
+def test_a_job_that_printed_nothing_refers_to_bytes_never_stored(filestore, client):
+    with client.download(protocol.EMPTY_DIGEST) as download:
+        assert download.head["size"] == 0 and b"".join(download) == b""
+
+
 def test_a_missing_blob_is_not_found(filestore, client):
     with pytest.raises(RemoteError) as raised:
         client.download("sha256:" + "0" * 64)

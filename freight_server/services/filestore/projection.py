@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ from freight_server.services.filestore.retention import Retention
 from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
 from freight_server.shared.events import EventFactory, EventType
+from freight_server.shared.filestore_protocol import EMPTY_DIGEST
 from freight_server.shared.jobs import JobView
 from freight_server.shared.views import fold_views, write_views
 
@@ -72,22 +73,26 @@ class FilestoreProjection:
         served their purpose, end."""
         refs, files = schema.refs, list(files)
         self._end_holds(session, files)
-        digests = {f["digest"] for f in files if f.get("digest")}
+        # The empty blob is never stored, so there is nothing to keep for it.
+        digests = {f["digest"] for f in files if f.get("digest")} - {EMPTY_DIGEST}
         if not digests:
             return
-        known = set(
-            session.execute(
-                sa.select(refs.c.digest).where(refs.c.job_id == job_id, refs.c.digest.in_(digests))
-            ).scalars()
-        )
-        for digest in sorted(digests - known):
-            session.execute(refs.insert().values(job_id=job_id, digest=digest))
+        known: set[str] = set()
+        for some in _slices(sorted(digests)):
+            known.update(
+                session.execute(
+                    sa.select(refs.c.digest).where(refs.c.job_id == job_id, refs.c.digest.in_(some))
+                ).scalars()
+            )
+        new = [{"job_id": job_id, "digest": digest} for digest in sorted(digests - known)]
+        if new:
+            session.execute(refs.insert(), new)
 
     @staticmethod
     def _end_holds(session: Session, files: Iterable[Mapping[str, Any]]) -> None:
         uploads = [str(f["upload"]) for f in files if f.get("upload")]
-        if uploads:
-            session.execute(schema.holds.delete().where(schema.holds.c.upload.in_(uploads)))
+        for some in _slices(uploads):
+            session.execute(schema.holds.delete().where(schema.holds.c.upload.in_(some)))
 
     @staticmethod
     def _known_jobs(session: Session, batch: Sequence[Logged]) -> set[str]:
@@ -119,6 +124,13 @@ class FilestoreProjection:
             log.warning("could not announce the filestore's start: %s", exc)
             return
         self._marker = started.event_id
+
+
+def _slices(values: list[str], size: int = 1000) -> Iterator[list[str]]:
+    """A job's outputs may be tens of thousands: queried a slice at a time, well under the
+    database's limit on a statement's parameters."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _job_columns(view: JobView) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from freight_server.services.filestore import schema
 from freight_server.services.filestore.blobs import (
+    BlobBatch,
     BlobMismatch,
     BlobNotFound,
     BlobStore,
@@ -30,10 +31,14 @@ from freight_server.shared.rpc import (
     Conversation,
     Envelope,
     Handler,
+    Outgoing,
+    Posting,
     send_stream,
 )
 
 log = logging.getLogger(__name__)
+
+LOG_READ_BYTES = 1024 * 1024  # the most of a log one read answers with (one message)
 
 
 class FilestoreServer:
@@ -56,6 +61,7 @@ class FilestoreServer:
     def handlers(self) -> Mapping[str, Handler]:
         return {
             protocol.PUT: self.put,
+            protocol.PUT_MANY: self.put_many,
             protocol.GET: self.get,
             protocol.RELEASE: self.release,
             protocol.LOG_APPEND: self._logged(self.log_append),
@@ -68,6 +74,9 @@ class FilestoreServer:
 
     def put(self, request: Envelope, conversation: Conversation) -> None:
         writer = self._store.begin()
+        # ACKs go without waiting for their confirm (the next chunk is written meanwhile); the
+        # one before is confirmed when the next is posted, or its failure raised then.
+        acks = Posting(conversation)
         try:
             # No READY: the client sends its first WINDOW chunks right behind the PUT.
             received = 0
@@ -80,7 +89,7 @@ class FilestoreServer:
                     writer.write(message.body)
                     received += 1
                     if received % (WINDOW // 2) == 0:
-                        conversation.send(protocol.ACK, headers={"acked": received})
+                        acks.post([Outgoing(protocol.ACK, b"", {"acked": received})])
                 elif message.kind == protocol.COMMIT:
                     self._commit(writer, message.json(), conversation)
                     return
@@ -96,7 +105,11 @@ class FilestoreServer:
             writer.discard()  # nothing left once published
 
     def _commit(self, writer: BlobWriter, claim: dict, conversation: Conversation) -> None:
+        """The client claims the size it sent, and may claim a digest; the blob's digest is the
+        one of the bytes written here, hashed as they were written."""
         digest, size = claim.get("digest"), claim.get("size")
+        if digest is None:
+            digest = writer.written()[0]
         if not isinstance(digest, str) or not protocol.DIGEST.match(digest):
             conversation.fail(protocol.INVALID, f"{digest!r} is not a sha256 digest")
             return
@@ -132,10 +145,70 @@ class FilestoreServer:
             )
             writer.publish()
 
+    def put_many(self, request: Envelope, conversation: Conversation) -> None:
+        """Small blobs in one request: one sync for their bytes, one transaction for their
+        records and holds, one reply."""
+        if len(request.body) > protocol.PUT_MANY_BYTES:
+            conversation.fail(protocol.INVALID, f"over {protocol.PUT_MANY_BYTES} bytes at once")
+            return
+        try:
+            blobs = protocol.unpack_blobs(request.body)
+        except ValueError as exc:
+            conversation.fail(protocol.INVALID, f"not a put_many body: {exc}")
+            return
+        if len(blobs) > protocol.PUT_MANY_BLOBS:
+            conversation.fail(protocol.INVALID, f"over {protocol.PUT_MANY_BLOBS} blobs at once")
+            return
+        try:
+            staged = self._store.stage(blobs)
+        except OSError as exc:
+            log.error("upload %s failed: %s", conversation.id[:8], exc)
+            conversation.fail("unavailable", f"the filestore could not write: {exc.strerror}")
+            return
+        try:
+            sizes = {d: len(b) for d, b in zip(staged.digests, blobs, strict=True)}
+            uploads = [uuid.uuid4().hex for _ in blobs]
+            self._keep_many(staged, sizes, list(zip(uploads, staged.digests, strict=True)))
+        finally:
+            staged.discard()
+        stored = [
+            {"digest": digest, "size": len(blob), "upload": upload}
+            for digest, blob, upload in zip(staged.digests, blobs, uploads, strict=True)
+        ]
+        conversation.send(protocol.REPLY, data={"blobs": stored})
+
+    def _keep_many(
+        self, staged: BlobBatch, sizes: Mapping[str, int], holds: list[tuple[str, str]]
+    ) -> None:
+        """`_keep` for a batch: records and holds, then readable, under the retention lock."""
+        now, blobs = self._clock(), schema.blobs
+        with self._retention.lock, self._engine.begin() as connection:
+            known = set(
+                connection.execute(
+                    sa.select(blobs.c.digest).where(blobs.c.digest.in_(list(sizes)))
+                ).scalars()
+            )
+            new = [
+                {"digest": d, "size": size, "stored_at": now}
+                for d, size in sizes.items()
+                if d not in known
+            ]
+            if new:
+                connection.execute(blobs.insert(), new)
+            expires = now + self._grace
+            connection.execute(
+                schema.holds.insert(),
+                [{"upload": u, "digest": d, "expires_at": expires} for u, d in holds],
+            )
+            staged.publish()
+
     def get(self, request: Envelope, conversation: Conversation) -> None:
         asked = request.json()
         digest = str(asked.get("digest"))
         window = min(int(asked.get("window") or WINDOW), WINDOW)
+        if digest == protocol.EMPTY_DIGEST:  # never stored: what a job that printed nothing has
+            send_stream(conversation, {"digest": digest, "size": 0}, iter(()), window)
+            return
         try:
             reader = self._store.open(digest)
         except BlobNotFound:
@@ -171,7 +244,7 @@ class FilestoreServer:
     def log_read(self, request: Envelope, conversation: Conversation) -> None:
         asked = request.json()
         job_id, attempt = _log_of(asked)
-        limit = min(int(asked.get("limit") or CHUNK_BYTES), CHUNK_BYTES)
+        limit = min(int(asked.get("limit") or LOG_READ_BYTES), LOG_READ_BYTES)
         chunk = self._logs.read(
             job_id, attempt, int(asked.get("offset") or 0), limit, _streams(asked)
         )

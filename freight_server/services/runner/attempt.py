@@ -15,6 +15,7 @@ from freight_server.services.runner.executor import (
     LABEL_JOB,
     LABEL_NAMESPACE,
     LABEL_RUNNER,
+    Attached,
     ContainerSpec,
     ContainerState,
     Executor,
@@ -117,13 +118,14 @@ class Attempt:
             if self.control.stop_requested:
                 ending = self._stopped_ending(exit_code=None)
                 return
+            attached = None
             if not container.started:
                 self._place_inputs(container_id)
-                ctx.executor.start(container_id)
+                attached = self._start(container_id)
             started = True
             exited = self._watch_exit(container_id)
-            if self._ctx.files is not None:
-                self._shipper = self._ctx.files.ship_output(container_id, self.job)
+            if ctx.files is not None:
+                self._shipper = ctx.files.ship_output(container_id, self.job, self.adopt, attached)
             # Once the container runs, its start must reach the log, even through an outage.
             told = self._emit(EventType.JOB_STARTED, always=True, container=container_id[:12])
             ending = self._supervise(container_id, exited, self._started_at(told))
@@ -140,6 +142,17 @@ class Attempt:
             if container_id is not None:
                 ctx.executor.remove(container_id)
             self._on_done(self)
+
+    def _start(self, container_id: str) -> Attached | None:
+        """Start the container, attached to its output first so that none of it is missed."""
+        attached = self._ctx.files.attach_output(container_id) if self._ctx.files else None
+        try:
+            self._ctx.executor.start(container_id)
+        except BaseException:
+            if attached is not None:
+                attached.close()
+            raise
+        return attached
 
     def _container(self, spec: ContainerSpec) -> ContainerState:
         """The attempt's container: an adopted attempt's is looked for first; a new attempt's is

@@ -33,6 +33,15 @@ def read_output(response: Any, after: Moment | None) -> Iterator[OutputPiece]:
         yield from frames.parse(block)
 
 
+def read_attached(response: Any) -> Iterator[OutputPiece]:
+    """The pieces of an `/containers/{id}/attach?stream=1` connection (a `requests` response,
+    upgraded, opened with stream=True): the same frames without the time, each write as the
+    engine copied it (a block of up to 32 KiB, not a line)."""
+    frames = _Frames(after=None, stamped=False)
+    for block in _body(response):
+        yield from frames.parse(block)
+
+
 def _body(response: Any) -> Iterator[bytes]:
     """The body as it arrives, in blocks of whatever is there."""
     source = getattr(getattr(response.raw, "_fp", None), "fp", None)
@@ -83,9 +92,10 @@ class _Dechunker:
 
 
 class _Frames:
-    def __init__(self, after: Moment | None):
+    def __init__(self, after: Moment | None, stamped: bool = True):
         self._buffer = bytearray()
         self._after = after
+        self._stamped = stamped  # each frame's bytes begin with the time of the write
 
     def parse(self, block: bytes) -> Iterator[OutputPiece]:
         self._buffer += block
@@ -98,18 +108,21 @@ class _Frames:
             kind = 2 if buffer[used] == 2 else 1
             frame = buffer[used + 8 : used + 8 + length]
             used += 8 + length
-            space = frame.find(b" ")
+            space = frame.find(b" ") if self._stamped else -1
             if self._after is not None and _moment(frame[:space]) <= self._after:
                 continue  # logged before what the caller already has
             data = frame[space + 1 :]
             if pending and (kind != stream or len(pending) + len(data) > MAX_PIECE):
-                yield OutputPiece(stream, bytes(pending), _moment(stamp))
+                yield OutputPiece(stream, bytes(pending), self._moment(stamp))
                 pending = bytearray()
-            stream, stamp = kind, bytes(frame[:space])
+            stream, stamp = kind, bytes(frame[:space]) if self._stamped else b""
             pending += data
         del buffer[:used]
         if pending:
-            yield OutputPiece(stream, bytes(pending), _moment(stamp))
+            yield OutputPiece(stream, bytes(pending), self._moment(stamp))
+
+    def _moment(self, stamp: bytes) -> Moment:
+        return _moment(stamp) if self._stamped else (0, 0)
 
 
 def _moment(stamp: bytes | bytearray) -> Moment:

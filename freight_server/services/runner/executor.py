@@ -16,7 +16,12 @@ import docker.types
 import requests.exceptions
 from docker.transport import UnixHTTPAdapter
 
-from freight_server.services.runner.docker_logs import Moment, OutputPiece, read_output
+from freight_server.services.runner.docker_logs import (
+    Moment,
+    OutputPiece,
+    read_attached,
+    read_output,
+)
 from freight_server.services.runner.gpus import MIB, visible_devices
 from freight_server.shared.config import Settings
 
@@ -162,6 +167,19 @@ class ContainerFiles(Protocol):
     def follow_output(self, container_id: str) -> Iterator[tuple[int, bytes]]:
         """What the container writes, from the start, as it writes it until it exits: (1 for
         stdout or 2 for stderr, bytes), in order."""
+
+    def attach_output(self, container_id: str) -> Attached | None:
+        """Asked before the container starts: what it will write, as `follow_output` gives it
+        but handed over as the engine copies it rather than read back from the engine's log;
+        None where following costs no more."""
+
+
+class Attached(Protocol):
+    """A container's writes from its start, to iterate once; closed if it is not read."""
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]: ...
+
+    def close(self) -> None: ...
 
 
 # -- what a job may touch (docs/security.md) ---------------------------------------------------
@@ -414,6 +432,22 @@ class DockerExecutor:
         for piece in self._logged_output(container_id, follow=False, after=last):
             yield piece.stream, piece.data
 
+    def attach_output(self, container_id: str) -> Attached:
+        # The engine's log, read back, is decoded from JSON line by line and framed again: for a
+        # job that prints a lot, that costs the engine more CPU than the job itself. Attached,
+        # the engine copies each write to us as it copies it to the log.
+        url = self._api._url("/containers/{0}/attach", container_id)
+        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+        upgrade = {"Connection": "Upgrade", "Upgrade": "tcp"}
+        try:
+            response = self._api._post(
+                url, params=params, headers=upgrade, stream=True, timeout=None
+            )
+            self._api._raise_for_status(response)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise ExecutorError(f"could not attach to the container: {_explain(exc)}") from None
+        return _Attached(response)
+
     def _logged_output(
         self, container_id: str, follow: bool, after: Moment | None
     ) -> Iterator[OutputPiece]:
@@ -537,3 +571,22 @@ def _explain(exc: Exception) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     return str(exc)
+
+
+class _Attached:
+    """The engine's attach connection, read as (stream, bytes) pieces; closed once read."""
+
+    def __init__(self, response: Any):
+        self._response = response
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        try:
+            for piece in read_attached(self._response):
+                yield piece.stream, piece.data
+        except (OSError, requests.exceptions.RequestException, ValueError) as exc:
+            raise ExecutorError(f"lost the container's output: {exc}") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._response.close()

@@ -27,6 +27,7 @@ from typing import Any
 from freight_server.services.runner.attempt import container_name
 from freight_server.services.runner.executor import (
     Archive,
+    Attached,
     Change,
     ContainerFiles,
     Executor,
@@ -51,6 +52,7 @@ from freight_server.shared.job_paths import (
 )
 from freight_server.shared.jobs import JobView
 from freight_server.shared.rpc import (
+    CHUNK_BYTES,
     WINDOW,
     Conversation,
     Envelope,
@@ -80,6 +82,12 @@ ENGINE_PATHS = frozenset(
 )
 MAX_SYMLINK_HOPS = 8
 MAX_LISTING = 10_000
+# Outputs this small go to the filestore together, up to SMALL_BATCH_FILES or SMALL_BATCH_BYTES
+# at once (what the runner holds of them): a job that writes ten thousand files costs a few
+# round trips, not ten thousand.
+SMALL_FILE = 256 * 1024
+SMALL_BATCH_FILES = 2000
+SMALL_BATCH_BYTES = 8 * 1024 * 1024
 
 
 class InputUnavailable(ExecutorError):
@@ -124,8 +132,9 @@ class AttemptFiles:
         self._filestore = filestore
         self._limits = limits
         self._workdir = workdir
-        # Threads kept for the ended containers' diffs: one started per job cost its own wait.
-        self._lookups = ThreadPoolExecutor(thread_name_prefix="changes")
+        # Threads kept for the ended containers' diffs and small outputs on their way to the
+        # filestore: one started per job cost its own wait.
+        self._background = ThreadPoolExecutor(thread_name_prefix="outputs")
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -180,13 +189,33 @@ class AttemptFiles:
 
     # -- output, live -------------------------------------------------------------------------
 
-    def ship_output(self, container_id: str, job: JobView) -> OutputShipper | None:
-        """Start sending the started container's output to the filestore as it comes."""
+    def attach_output(self, container_id: str) -> Attached | None:
+        """Before the container starts: its output from the engine as it is written (the
+        engine's log is the way back to it after a restart); None where it cannot be."""
+        if self._container is None:
+            return None
+        try:
+            return self._container.attach_output(container_id)
+        except ExecutorError as exc:
+            log.warning("%s: following its log instead of attaching: %s", container_id[:12], exc)
+            return None
+
+    def ship_output(
+        self,
+        container_id: str,
+        job: JobView,
+        adopted: bool = False,
+        attached: Attached | None = None,
+    ) -> OutputShipper | None:
+        """Start sending the started container's output to the filestore as it comes: what
+        `attached` delivers, else the engine's log (after what the filestore has of it, for an
+        attempt `adopted` after a restart)."""
         if self._container is None:
             return None
         attempt_log = AttemptLog(job.job_id, job.attempt)
+        deadline = self._limits.output_deadline
         shipper = OutputShipper(
-            self._container, self._filestore, attempt_log, self._limits.output_deadline
+            self._container, self._filestore, attempt_log, deadline, adopted, attached
         )
         return shipper.start(container_id)
 
@@ -206,9 +235,10 @@ class AttemptFiles:
         if container is None:
             return OutputManifest()
         # An exited container's changes are final: asked for while its output is closed.
-        changes = self._lookups.submit(container.changes, container_id)
+        changes = self._background.submit(container.changes, container_id)
         log_complete = shipper is not None and self.finish_output(shipper) is None
-        return self._save_outputs(container, container_id, job, log_complete, changes)
+        printed = not (log_complete and shipper is not None and shipper.wrote_nothing)
+        return self._save_outputs(container, container_id, job, log_complete, printed, changes)
 
     def _save_outputs(
         self,
@@ -216,6 +246,7 @@ class AttemptFiles:
         container_id: str,
         job: JobView,
         log_complete: bool,
+        printed: bool,
         changes: Future[list[Change]],
     ) -> OutputManifest:
         deadline = time.monotonic() + self._limits.output_deadline
@@ -228,7 +259,9 @@ class AttemptFiles:
                 container_id,
                 job,
                 log_complete,
+                printed,
                 changes,
+                self._background,
             )
             try:
                 saver.save()
@@ -259,25 +292,35 @@ class _OutputSaver:
         container_id: str,
         job: JobView,
         log_complete: bool,
+        printed: bool,
         changes: Future[list[Change]],
+        sender: ThreadPoolExecutor,
     ):
         self._container = container
+        self._sender = sender
         self._changes = changes
         self._filestore = filestore
         self._limits = limits
         self._id = container_id
         self._job = job
         self._log_complete = log_complete
+        self._printed = printed  # False: the job printed nothing, its streams are empty
         self._inputs = {str(f["path"]): f for f in job.files}
         self._input_mtime = input_mtime(job)
         self.manifest = OutputManifest()
         self._entries = 0
         self._digests: dict[str, str] = {}  # what this pass saved, for hard links to it
+        self._small: list[tuple[dict[str, Any], bytes]] = []  # listed, awaiting their digests
+        self._small_bytes = 0
+        self._sending: tuple[list[tuple[dict[str, Any], bytes]], Future[list[Any]]] | None = None
 
     def save(self) -> None:
         now = datetime.now(UTC).isoformat()
         self._record(FileEntry(posixpath.basename(OUTPUT_DIR), OUTPUT_DIR, "dir", 0, "0755", now))
-        if self._log_complete:
+        if not self._printed:
+            for path in (STDOUT_PATH, STDERR_PATH):
+                self._record(_empty_file(path, now), protocol.EMPTY_DIGEST)
+        elif self._log_complete:
             self._save_streams_from_log(now)
         else:
             for stream, path in (("stdout", STDOUT_PATH), ("stderr", STDERR_PATH)):
@@ -289,6 +332,8 @@ class _OutputSaver:
             if change.kind == "deleted" or parent_of(change.path) in added:
                 continue  # an added directory's archive holds everything in it
             self._save_path(change.path, whole_tree=change.kind == "added")
+        self._send_small()
+        self._settle_small()
 
     def _save_streams_from_log(self, modified: str) -> None:
         """stdout and stderr from the log the filestore already has: no second copy sent."""
@@ -357,12 +402,47 @@ class _OutputSaver:
                 else:
                     source = tar.extractfile(member)
                     assert source is not None
+                    if member.size <= SMALL_FILE:
+                        self._add_small(entry, source.read())
+                        continue
                     stored = self._filestore.upload(read_chunks(source))
                     self.manifest.saved_bytes += stored.size
                     self._record(entry, stored.digest, stored.upload)
 
+    def _add_small(self, entry: FileEntry, data: bytes) -> None:
+        """Listed now, in its place; its digest comes when its batch is stored."""
+        listed = self._record(entry)
+        if listed is None:
+            return
+        self.manifest.saved_bytes += len(data)
+        self._small.append((listed, data))
+        self._small_bytes += len(data)
+        if len(self._small) >= SMALL_BATCH_FILES or self._small_bytes >= SMALL_BATCH_BYTES:
+            self._send_small()
+
+    def _send_small(self) -> None:
+        """The gathered small files go to the filestore, which stores them while the next are
+        read; the batch before them is settled first (two batches held at most)."""
+        self._settle_small()
+        if not self._small:
+            return
+        batch, self._small, self._small_bytes = self._small, [], 0
+        upload = self._sender.submit(self._filestore.upload_many, [data for _, data in batch])
+        self._sending = batch, upload
+
+    def _settle_small(self) -> None:
+        """The batch on its way is stored: its entries get their digests (or its error)."""
+        if self._sending is None:
+            return
+        (batch, upload), self._sending = self._sending, None
+        for (listed, _), blob in zip(batch, upload.result(), strict=True):
+            listed["digest"], listed["upload"] = blob.digest, blob.upload
+            self._digests[listed["path"]] = blob.digest
+
     def _save_hard_link(self, base: str, entry: FileEntry, member: tarfile.TarInfo) -> None:
         target = posixpath.normpath(posixpath.join(base, member.linkname))
+        self._send_small()  # its target may be waiting for its digest
+        self._settle_small()
         digest = self._digests.get(target)
         if digest is None:
             self._skip(entry.path, 0, entry.modified, f"a hard link to {target}, not saved")
@@ -386,10 +466,11 @@ class _OutputSaver:
 
     def _record(
         self, entry: FileEntry, digest: str | None = None, upload: str | None = None
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """The entry as the manifest lists it; None if it was skipped."""
         if self._entries >= self._limits.max_output_files:
             self._skip(entry.path, entry.size, entry.modified, "over FREIGHT_MAX_OUTPUT_FILES")
-            return
+            return None
         self._entries += 1
         if digest is not None:
             self._digests[entry.path] = digest
@@ -398,6 +479,7 @@ class _OutputSaver:
         if upload is not None:
             listed["upload"] = upload  # the filestore's hold, ended once it reads the manifest
         self.manifest.files.append(listed)
+        return listed
 
     def _skip(self, path: str, size: int, modified: str | None, reason: str) -> None:
         # The skipped list is bounded too: past the limit only a count would grow.
@@ -520,17 +602,30 @@ def tar_of_one(path: str, size: int, content: Iterable[bytes], mtime: int) -> It
 def _checked(
     download: Iterable[bytes], digest: str, size: int, deadline: float, limits: FileLimits
 ) -> Iterator[bytes]:
-    """The blob's bytes, checked against its digest and size before the archive is closed."""
+    """The blob's bytes, checked against its digest and size before the archive is closed.
+
+    An input of more than one chunk is hashed on a thread of its own, each chunk while the
+    engine takes it (hashlib lets go of the GIL): the check costs CPU, not time on the way in.
+    The chunks are hashed in order, at most one behind the one being sent."""
     hasher, received = hashlib.sha256(), 0
-    for chunk in download:
-        if time.monotonic() > deadline:
-            raise InputUnavailable(
-                f"the input was still arriving after {limits.input_deadline:g}s "
-                "(FREIGHT_INPUT_DEADLINE)"
-            )
-        hasher.update(chunk)
-        received += len(chunk)
-        yield chunk
+    hashing: Future[None] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="input-hash") as pool:
+        for chunk in download:
+            if time.monotonic() > deadline:
+                raise InputUnavailable(
+                    f"the input was still arriving after {limits.input_deadline:g}s "
+                    "(FREIGHT_INPUT_DEADLINE)"
+                )
+            if size <= CHUNK_BYTES:
+                hasher.update(chunk)  # one chunk: nothing to overlap it with
+            else:
+                if hashing is not None:
+                    hashing.result()
+                hashing = pool.submit(hasher.update, chunk)
+            received += len(chunk)
+            yield chunk
+        if hashing is not None:
+            hashing.result()
     if received != size or f"sha256:{hasher.hexdigest()}" != digest:
         raise TransferError(f"the filestore sent {received} bytes that do not match {digest}")
 
@@ -553,6 +648,10 @@ def _entry_of_member(path: str, member: tarfile.TarInfo) -> FileEntry:
         modified=datetime.fromtimestamp(member.mtime, UTC).isoformat(),
         target=member.linkname if member.issym() else None,
     )
+
+
+def _empty_file(path: str, modified: str) -> FileEntry:
+    return FileEntry(posixpath.basename(path), path, "file", 0, "0644", modified)
 
 
 def _entry_of_stat(path: str, stat: PathStat) -> FileEntry:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -16,6 +16,11 @@ from freight_server.services.runner import schema
 from freight_server.services.runner.executor import ExecutorError, ImageInUse
 
 log = logging.getLogger(__name__)
+
+# A use is written at most this often per image: pruning counts in hours, and a write per job
+# would cost each job a commit.
+TOUCH_EVERY = timedelta(seconds=60)
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 class ImageStore(Protocol):
@@ -31,12 +36,13 @@ class ImageStore(Protocol):
 
 class PulledImages:
     """This runner's record (table runner_images) of the images it pulled and when a job of
-    its own last used each."""
+    its own last used each (to within TOUCH_EVERY)."""
 
     def __init__(self, engine: sa.Engine, runner_id: str, clock: Callable[[], datetime]):
         self._engine = engine
         self._runner_id = runner_id
         self._clock = clock
+        self._touched: dict[str, datetime] | None = None  # pulled images: the use last written
 
     def pulled(self, image: str) -> None:
         now = self._clock()
@@ -47,11 +53,20 @@ class PulledImages:
                         runner_id=self._runner_id, image=image, pulled_at=now, last_used_at=now
                     )
                 )
+        self._known()[image] = now
 
     def used(self, image: str, at: datetime | None = None) -> None:
-        """A job of ours used it (a no-op for an image we did not pull)."""
+        """A job of ours used it: written if we pulled it and its last use written is older
+        than TOUCH_EVERY, or at once when `at` is given (the pruner's own finding)."""
+        touched = self._known()
+        if image not in touched:
+            return
+        now = at or self._clock()
+        if at is None and now - touched[image] < TOUCH_EVERY:
+            return
         with self._engine.begin() as connection:
-            self._touch(connection, image, at or self._clock())
+            self._touch(connection, image, now)
+        touched[image] = now
 
     def unused_since(self, cutoff: datetime) -> list[str]:
         with self._engine.connect() as connection:
@@ -67,6 +82,17 @@ class PulledImages:
     def forget(self, image: str) -> None:
         with self._engine.begin() as connection:
             connection.execute(schema.images.delete().where(*self._row(image)))
+        self._known().pop(image, None)
+
+    def _known(self) -> dict[str, datetime]:
+        if self._touched is None:
+            images = schema.images.c
+            with self._engine.connect() as connection:
+                pulled = connection.execute(
+                    sa.select(images.image).where(images.runner_id == self._runner_id)
+                ).scalars()
+                self._touched = dict.fromkeys(pulled, NEVER)  # the first use is written
+        return self._touched
 
     def _touch(self, connection: sa.Connection, image: str, at: datetime) -> bool:
         update = schema.images.update().where(*self._row(image)).values(last_used_at=at)

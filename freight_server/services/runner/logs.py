@@ -4,8 +4,10 @@ API can serve it live. While one batch is on its way the next accumulates (up to
 then the follower waits on the engine, which keeps its own log): a job printing fast costs few
 round trips, and memory stays bounded whatever it prints.
 
-A runner that restarts and adopts the container asks the filestore how much it already has and
-skips that much. The log is closed once the output ends, before the job does.
+A new attempt's log is made by its first batch: a job that prints nothing costs the filestore
+nothing (`wrote_nothing`). A runner that restarts and adopts the container asks the filestore how
+much it already has and skips that much. A log is closed once the output ends, before the job
+does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from freight_server.services.runner.executor import ContainerFiles, ExecutorError
+from freight_server.services.runner.executor import Attached, ContainerFiles, ExecutorError
 from freight_server.shared.filestore_client import FilestoreClient
 from freight_server.shared.filestore_protocol import log_record
 from freight_server.shared.rpc import RemoteError, TransferError
@@ -49,8 +51,11 @@ class OutputShipper:
         filestore: FilestoreClient,
         attempt_log: AttemptLog,
         deadline: float,
+        adopted: bool = False,
+        attached: Attached | None = None,
     ):
         self._container = container
+        self._attached = attached  # the container's writes, attached to before its start
         self._filestore = filestore
         self._log = attempt_log
         self._deadline = deadline  # seconds the filestore may be away before output is dropped
@@ -58,19 +63,26 @@ class OutputShipper:
         self._first_pending_at = 0.0
         self._ended = False  # the follower has nothing more to add
         self._changed = threading.Condition()
-        self._resume: tuple[int, int] | None = None  # (log size, output bytes to skip)
+        # (log size, output bytes to skip): asked of the filestore for an adopted attempt only
+        self._adopted = adopted
+        self._resume: tuple[int, int] | None = None if adopted else (0, 0)
         self._resumed = threading.Event()
+        if not adopted:
+            self._resumed.set()
+        self._sent = False  # a batch went: the log exists
         self._waiting_since: float | None = None  # the follower waits on the engine since
         self._abandoned = threading.Event()
         self._gave_up = False
         self.error: str | None = None
+        # Started by the first output (an adopted attempt's at once: it asks what was shipped).
         self._shipper = threading.Thread(target=self._ship, name="ship-output", daemon=True)
 
     def start(self, container_id: str) -> OutputShipper:
         threading.Thread(
             target=self._follow, args=(container_id,), name="follow-output", daemon=True
         ).start()
-        self._shipper.start()
+        if self._adopted:
+            self._shipper.start()
         return self
 
     def finish(self, timeout: float) -> str | None:
@@ -84,9 +96,12 @@ class OutputShipper:
                 self._abandoned.set()
                 self._end()
                 break
-        self._shipper.join(timeout)
-        if self._shipper.is_alive():
-            return f"its output was still being saved after {timeout:g}s"
+        with self._changed:
+            shipping = self._shipper.ident is not None
+        if shipping:
+            self._shipper.join(timeout)
+            if self._shipper.is_alive():
+                return f"its output was still being saved after {timeout:g}s"
         return self.error
 
     # -- following the engine ----------------------------------------------------------------
@@ -96,7 +111,8 @@ class OutputShipper:
             self._resumed.wait()
             if self._resume is None:
                 return  # the log is complete already, or cannot be written
-            self._relay(self._container.follow_output(container_id), skip=self._resume[1])
+            writes = self._attached or self._container.follow_output(container_id)
+            self._relay(iter(writes), skip=self._resume[1])
         except _Abandoned:
             pass
         except ExecutorError as exc:
@@ -126,6 +142,8 @@ class OutputShipper:
                 self._changed.wait(1.0)
             if not self._pending:
                 self._first_pending_at = time.monotonic()
+            if self._shipper.ident is None:
+                self._shipper.start()
             for start in range(0, len(data), RECORD_BYTES):
                 self._pending += log_record(stream, data[start : start + RECORD_BYTES])
             self._changed.notify_all()
@@ -141,11 +159,18 @@ class OutputShipper:
 
     # -- shipping to the filestore -------------------------------------------------------------
 
+    @property
+    def wrote_nothing(self) -> bool:
+        """The attempt (a new one, its output shipped) printed nothing: it has no log."""
+        return not self._adopted and not self._sent and self.error is None
+
     def _ship(self) -> None:
-        state = self._call(lambda: self._filestore.log_state(self._log.job_id, self._log.attempt))
-        if state is not None and not state["closed"]:
-            self._resume = int(state["size"]), int(state["payload"])
-        self._resumed.set()
+        if self._adopted:
+            job_id, attempt = self._log.job_id, self._log.attempt
+            state = self._call(lambda: self._filestore.log_state(job_id, attempt))
+            if state is not None and not state["closed"]:
+                self._resume = int(state["size"]), int(state["payload"])
+            self._resumed.set()
         if self._resume is None:
             return
         size = self._resume[0]
@@ -153,9 +178,11 @@ class OutputShipper:
             records, last = self._next_batch()
             if records:
                 size = self._send(records, size)
+                self._sent = True
             if last:
                 break
-        self._call(lambda: self._filestore.close_log(self._log.job_id, self._log.attempt))
+        if self._adopted or self._sent:
+            self._call(lambda: self._filestore.close_log(self._log.job_id, self._log.attempt))
 
     def _next_batch(self) -> tuple[bytes, bool]:
         """Wait until a batch is due; take all that is pending. True once nothing more comes."""

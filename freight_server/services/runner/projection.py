@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -33,7 +32,7 @@ from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
 from freight_server.shared.events import EventType
 from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status
-from freight_server.shared.views import fold_views, write_views
+from freight_server.shared.views import fold_views, view_columns, write_views
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,7 @@ class RunnerProjection:
         self._marker: str | None = None  # our RunnerStarted's id
         self._housekeeping = housekeeping
         self.caught_up = False
+        self._concerned = True  # a batch since the last reconcile concerned this runner
 
     # -- projection ------------------------------------------------------------------------
 
@@ -77,12 +77,20 @@ class RunnerProjection:
             self.caught_up = True
         scope = {"projector": self._ctx.runner_id}
         changes = fold_views(session, schema.jobs, batch, scope)
-        write_views(session, schema.jobs, changes, _job_columns, scope)
+        write_views(session, schema.jobs, changes, view_columns, scope)
+        with self._lock:
+            live = {job_id for job_id, _ in self._live}
+        me = self._ctx.runner_id
+        self._concerned = self._concerned or any(
+            event.job_id in live or event.data.get("runner") == me for event, _ in batch
+        )
 
     # -- decisions -------------------------------------------------------------------------
 
     def after_batch(self, caught_up: bool) -> None:
-        if self.caught_up:
+        # Only a batch that assigned us a job or touched one of ours changes what should run
+        # here: the others are every other runner's business (the tick reconciles anyway).
+        if self.caught_up and self._concerned:
             self.reconcile()
 
     def tick(self) -> None:
@@ -97,6 +105,7 @@ class RunnerProjection:
 
     def reconcile(self) -> None:
         """Make the running attempts match the log: launch what is ours, stop what is not."""
+        self._concerned = False
         with self._engine.connect() as connection:
             assigned = [
                 JobView.from_dict(view)
@@ -242,12 +251,3 @@ class RunnerProjection:
             live = list(self._live.values())
         for attempt in live:
             attempt.control.request_stop(Outcome.CANCELLED, reason)
-
-
-def _job_columns(view: JobView) -> dict[str, Any]:
-    return {
-        "status": view.status.value,
-        "runner": view.runner,
-        "view": view.to_dict(),
-        "finished_at": view.finished_at,
-    }

@@ -26,7 +26,8 @@ from freight_server.services.scheduler.placement import (
 from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
 from freight_server.shared.events import Event, EventFactory, EventType
-from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status, evolve
+from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status
+from freight_server.shared.views import fold_views, view_columns, write_views
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,21 @@ class SchedulerProjection:
     # -- projection ------------------------------------------------------------------------
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
-        # Event by event: each job change is remembered with its transaction (`_changes`).
-        for event, position in batch:
-            self.apply(session, event, position)
+        """Runners and quotas event by event; the batch's job events folded into their views
+        at once (freight_server/shared/views.py), each change remembered with its transaction
+        (`_changes`). Job views depend on no runner or quota row, so the order between the two
+        is kept where it matters."""
+        for event, _ in batch:
+            if event.event_id == self._marker:
+                self.caught_up = True
+            if event.job_id is None:
+                self._apply_other(session, event)
+        self._fold_jobs(session, batch)
 
     def apply(self, session: Session, event: Event, position: int) -> None:
-        if event.event_id == self._marker:
-            self.caught_up = True
+        self.apply_batch(session, [Logged(event, position)])
+
+    def _apply_other(self, session: Session, event: Event) -> None:
         if event.type == EventType.RUNNER_HEARTBEAT:
             # Heartbeats have their own stream now; these are from runners of before it, and
             # count as heard only once the replay is over.
@@ -128,8 +137,6 @@ class SchedulerProjection:
             )
         elif event.type == EventType.OWNER_QUOTA_SET:
             self._record_quota(session, event)
-        elif event.job_id is not None:
-            self._fold_job(session, event, position)
 
     def _record_quota(self, session: Session, event: Event) -> None:
         owner = str(event.data["owner"])
@@ -140,27 +147,31 @@ class SchedulerProjection:
         session.execute(quotas.insert().values(owner=owner, **values))
         self._quotas = None  # read again once committed
 
-    def _fold_job(self, session: Session, event: Event, position: int) -> None:
-        jobs = schema.jobs
-        row = session.execute(
-            sa.select(jobs.c.view, jobs.c.position).where(jobs.c.job_id == event.job_id)
-        ).first()
-        before = JobView.from_dict(row.view) if row else None
-        after = evolve(before, event)
-        if after is None or after == before:
+    def _fold_jobs(self, session: Session, batch: Sequence[Logged]) -> None:
+        changes = fold_views(session, schema.jobs, batch)
+        if not changes:
             return
-        values = {
-            "status": after.status.value,
-            "runner": after.runner,
-            "view": after.to_dict(),
-            "finished_at": after.finished_at,
-        }
-        if row is None:
-            session.execute(jobs.insert().values(job_id=after.job_id, position=position, **values))
-        else:
-            session.execute(jobs.update().where(jobs.c.job_id == after.job_id).values(**values))
-        # Last, so that an event that failed to fold leaves nothing behind to remember.
-        self._changes(session).append((after, position if row is None else row.position))
+        write_views(
+            session, schema.jobs, changes, view_columns, created=lambda c: {"position": c.position}
+        )
+        # A job's place in the queue is where it was submitted, kept in its row.
+        updated = [c.after.job_id for c in changes if c.before is not None]
+        positions = (
+            dict(
+                session.execute(
+                    sa.select(schema.jobs.c.job_id, schema.jobs.c.position).where(
+                        schema.jobs.c.job_id.in_(updated)
+                    )
+                ).all()
+            )
+            if updated
+            else {}
+        )
+        # Last, so that a batch that failed to fold leaves nothing behind to remember.
+        self._changes(session).extend(
+            (c.after, c.position if c.before is None else positions[c.after.job_id])
+            for c in changes
+        )
 
     # -- what the committed tables hold, in memory --------------------------------------------
 
