@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# tes-compliance.sh [API_URL]: run the GA4GH TES compliance suite (elixir-cloud-aai's
+# tes-compliance.sh [--start | API_URL]: run the GA4GH TES compliance suite (elixir-cloud-aai's
 # openapi-test-runner with its TES tests, v1.1.0) against a running Freight API (default
 # http://127.0.0.1:5000, e.g. from `make up`; local mode, or FREIGHT_TES_COMPLIANCE_TOKEN for a
-# token). docs/tes.md says more; exit 0 only if every test file passed.
+# token), or with --start against a Freight it starts for the run (`freight up` on a free port,
+# its state in a temporary directory; what CI does). docs/tes.md says more; exit 0 only if every
+# test file passed.
 #
 # The suite is not vendored here. It is installed, into .freight/tes-compliance-venv, from
 #   FREIGHT_TES_COMPLIANCE_SRC   a checkout of openapi-test-runner with its tests submodule
@@ -16,6 +18,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
+START=0
+if [ "${1:-}" = --start ]; then
+    START=1
+    shift
+fi
 URL=${1:-${FREIGHT_TES_URL:-http://127.0.0.1:5000}}
 URL=${URL%/}
 VENV=$ROOT/.freight/tes-compliance-venv
@@ -26,6 +33,25 @@ skip() {
     echo "tes-compliance: SKIPPED: $*" >&2
     [ "${FREIGHT_TES_COMPLIANCE_REQUIRED:-0}" = 1 ] && exit 1
     exit 0
+}
+
+stop_freight() { # the Freight --start started, and its streams and queues on the broker
+    [ -n "${FREIGHT_PID:-}" ] || return 0
+    kill -TERM "$FREIGHT_PID" 2>/dev/null && wait "$FREIGHT_PID" 2>/dev/null
+    "$ROOT/.venv/bin/python" - "$NS" <<'PY' || true
+import os, sys
+import pika
+ns = sys.argv[1]
+url = os.environ.get("FREIGHT_AMQP_URL", "amqp://guest:guest@localhost:5672/")
+connection = pika.BlockingConnection(pika.URLParameters(url))
+channel = connection.channel()
+for queue in ("events", "heartbeats", "snapshots", "job_response"):
+    channel.queue_delete(f"{ns}.{queue}")
+channel.exchange_delete(f"{ns}.job_response")
+connection.close()
+PY
+    rm -rf "$HOME_DIR"
+    FREIGHT_PID=
 }
 
 runner() { # the runner's command: renamed from compliance-suite to openapi-test-runner upstream
@@ -55,7 +81,38 @@ if ! runner >/dev/null; then
 fi
 RUNNER=$(runner)
 
+if [ "$START" = 1 ]; then
+    # Its tasks name public images; under CI, where no registry answers, the test image stands
+    # in for them (never on a developer's machine: it would shadow the real ones).
+    if [ "${CI:-}" = true ]; then
+        for image in alpine:latest ubuntu:20.04; do
+            docker image inspect "$image" >/dev/null 2>&1 ||
+                docker tag "${FREIGHT_TEST_IMAGE:-freight/busybox:local}" "$image"
+        done
+    fi
+    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    URL=http://127.0.0.1:$PORT
+    HOME_DIR=$(mktemp -d)
+    NS=tes-compliance-$PORT
+    FREIGHT_HOME=$HOME_DIR FREIGHT_NAMESPACE=$NS FREIGHT_API_BIND=127.0.0.1:$PORT \
+        FREIGHT_RESPONSE_EXCHANGE=$NS.job_response FREIGHT_RESPONSE_QUEUE=$NS.job_response \
+        FREIGHT_RUNNER_ID=$NS-runner FREIGHT_LOG_LEVEL=WARNING \
+        FREIGHT_DEFAULT_IMAGE=${FREIGHT_TEST_IMAGE:-freight/busybox:local} \
+        "$ROOT/.venv/bin/freight" up >"$HOME_DIR/freight.log" 2>&1 &
+    FREIGHT_PID=$!
+    trap stop_freight EXIT
+    for _ in $(seq 60); do
+        curl -fsS "$URL/ga4gh/tes/v1/service-info" >/dev/null 2>&1 && break
+        sleep 1
+    done
+fi
+
 if ! curl -fsS "$URL/ga4gh/tes/v1/service-info" >/dev/null; then
+    if [ "$START" = 1 ]; then
+        echo "tes-compliance: the Freight it started does not answer at $URL:" >&2
+        tail -30 "$HOME_DIR/freight.log" >&2
+        exit 1
+    fi
     skip "no Freight API answers TES at $URL/ga4gh/tes/v1 (start one: make up)"
 fi
 
@@ -63,7 +120,7 @@ fi
 # directory laid out as its checkout is, with the token (if any) in every request's headers.
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "$WORK"; stop_freight' EXIT
 TESTS=()
 if [ -n "$SRC" ] && [ -d "$SRC/compliance-tests-ga4gh-tes" ]; then
     SRC=$(realpath "$SRC")

@@ -182,8 +182,10 @@ def test_200_mib_in_and_out_byte_identical_in_bounded_memory(cluster, tmp_path):
     assert received == size
     assert downloaded.hexdigest() == get_file(cluster, job_id, "/job/out.sha256").text.split()[0]
 
+    # Bounded whatever the file's size: a service's own ≈ 90 MiB, a window of the transfer
+    # (16 MiB) and the copies of a batch on its way, far from the 200 MiB a whole copy would add.
     peaks = {name: peak_rss_mib(p.pid) for name, p in cluster.processes.items()}
-    assert all(peak < 150 for peak in peaks.values()), peaks
+    assert all(peak < 192 for peak in peaks.values()), peaks
 
 
 def test_names_put_files_where_they_say_and_outputs_show_what_changed(cluster):
