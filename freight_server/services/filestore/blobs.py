@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from freight_server.shared.filestore_protocol import DIGEST
+from freight_server.shared.filestore_protocol import DIGEST, EMPTY_DIGEST
 
 # A large blob's bytes are pushed to disk in the background while it is being written, each time
 # SYNC_STEP more have been written: the fsync before its commit then waits for the last few MiB,
@@ -115,6 +115,8 @@ class LocalBlobStore:
         try:
             return LocalBlobReader(open(self.path_of(digest), "rb"))  # noqa: SIM115
         except FileNotFoundError:
+            if digest == EMPTY_DIGEST:  # no bytes: there, stored or not (a job's empty stdout)
+                return LocalBlobReader(open(os.devnull, "rb"))  # noqa: SIM115
             raise BlobNotFound(f"no blob {digest}") from None
 
     def delete(self, digest: str) -> None:

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 
 from freight_server.services.filestore import schema
 from freight_server.services.filestore.blobs import (
-    BlobBatch,
     BlobMismatch,
     BlobNotFound,
     BlobStore,
@@ -121,29 +120,37 @@ class FilestoreServer:
         except BlobMismatch as exc:
             conversation.fail(protocol.MISMATCH, str(exc))
             return
-        self._keep(writer, digest, size, conversation.id)
+        self._keep(writer.publish, {digest: size}, [(conversation.id, digest)])
         conversation.send(
             protocol.COMMITTED, data={"digest": digest, "size": size, "upload": conversation.id}
         )
 
-    def _keep(self, writer: BlobWriter, digest: str, size: int, upload: str) -> None:
-        """Record the blob and this upload's hold, then make it readable, all under the lock
-        retention deletes under: the blob cannot be collected between the two."""
-        now = self._clock()
+    def _keep(
+        self, publish: Callable[[], None], sizes: Mapping[str, int], holds: list[tuple[str, str]]
+    ) -> None:
+        """Record the blobs (digest → size) and the uploads' holds (upload, digest), then make
+        the blobs readable (`publish`), all under the lock retention deletes under: a blob
+        cannot be collected between the two."""
+        now, blobs = self._clock(), schema.blobs
         with self._retention.lock, self._engine.begin() as connection:
-            known = connection.execute(
-                sa.select(schema.blobs.c.digest).where(schema.blobs.c.digest == digest)
-            ).first()
-            if known is None:
+            known = set(
                 connection.execute(
-                    schema.blobs.insert().values(digest=digest, size=size, stored_at=now)
-                )
-            connection.execute(
-                schema.holds.insert().values(
-                    upload=upload, digest=digest, expires_at=now + self._grace
-                )
+                    sa.select(blobs.c.digest).where(blobs.c.digest.in_(list(sizes)))
+                ).scalars()
             )
-            writer.publish()
+            new = [
+                {"digest": d, "size": size, "stored_at": now}
+                for d, size in sizes.items()
+                if d not in known
+            ]
+            if new:
+                connection.execute(blobs.insert(), new)
+            expires = now + self._grace
+            connection.execute(
+                schema.holds.insert(),
+                [{"upload": u, "digest": d, "expires_at": expires} for u, d in holds],
+            )
+            publish()
 
     def put_many(self, request: Envelope, conversation: Conversation) -> None:
         """Small blobs in one request: one sync for their bytes, one transaction for their
@@ -168,7 +175,7 @@ class FilestoreServer:
         try:
             sizes = {d: len(b) for d, b in zip(staged.digests, blobs, strict=True)}
             uploads = [uuid.uuid4().hex for _ in blobs]
-            self._keep_many(staged, sizes, list(zip(uploads, staged.digests, strict=True)))
+            self._keep(staged.publish, sizes, list(zip(uploads, staged.digests, strict=True)))
         finally:
             staged.discard()
         stored = [
@@ -177,38 +184,10 @@ class FilestoreServer:
         ]
         conversation.send(protocol.REPLY, data={"blobs": stored})
 
-    def _keep_many(
-        self, staged: BlobBatch, sizes: Mapping[str, int], holds: list[tuple[str, str]]
-    ) -> None:
-        """`_keep` for a batch: records and holds, then readable, under the retention lock."""
-        now, blobs = self._clock(), schema.blobs
-        with self._retention.lock, self._engine.begin() as connection:
-            known = set(
-                connection.execute(
-                    sa.select(blobs.c.digest).where(blobs.c.digest.in_(list(sizes)))
-                ).scalars()
-            )
-            new = [
-                {"digest": d, "size": size, "stored_at": now}
-                for d, size in sizes.items()
-                if d not in known
-            ]
-            if new:
-                connection.execute(blobs.insert(), new)
-            expires = now + self._grace
-            connection.execute(
-                schema.holds.insert(),
-                [{"upload": u, "digest": d, "expires_at": expires} for u, d in holds],
-            )
-            staged.publish()
-
     def get(self, request: Envelope, conversation: Conversation) -> None:
         asked = request.json()
         digest = str(asked.get("digest"))
         window = min(int(asked.get("window") or WINDOW), WINDOW)
-        if digest == protocol.EMPTY_DIGEST:  # never stored: what a job that printed nothing has
-            send_stream(conversation, {"digest": digest, "size": 0}, iter(()), window)
-            return
         try:
             reader = self._store.open(digest)
         except BlobNotFound:
@@ -269,7 +248,7 @@ class FilestoreServer:
                 digest, size = writer.written()
                 writer.seal(digest, size)
                 upload = uuid.uuid4().hex
-                self._keep(writer, digest, size, upload)
+                self._keep(writer.publish, {digest: size}, [(upload, digest)])
                 saved[STREAMS[number]] = {"digest": digest, "size": size, "upload": upload}
         finally:
             for writer in writers.values():
