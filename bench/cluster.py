@@ -264,24 +264,20 @@ def free_port() -> int:
 class CpuMeter:
     """CPU seconds (user + system) that each of Freight's services, the container engine's
     daemons and the broker spend between `start` and `stop`: where a job's cost goes, beside its
-    wall time. Containers' own processes and the kernel's work for them are not in any of these;
-    with `children`, "jobs" is what the runner's reaped children spent (the local executor's
-    processes: the jobs themselves)."""
+    wall time. Containers' own processes and the kernel's work for them are not in any of these.
+    With `children`, the local executor's share is split out of the runner's: "supervisor" is
+    its supervisor process (Freight's, counted with the services), "jobs" what the commands it
+    reaped spent (the jobs themselves). Processes are looked up at each reading, so one started
+    between `start` and `stop` counts from zero."""
 
     DAEMONS = ("dockerd", "containerd", "beam.smp")
 
     def __init__(self, cluster: Cluster, children: bool = False):
-        self._groups = {
-            service: _process_tree(process.pid)
+        self._services = {
+            service: process.pid
             for service, process in zip(cluster.services, cluster.processes, strict=True)
         }
-        for daemon in self.DAEMONS:
-            self._groups["broker" if daemon == "beam.smp" else daemon] = _pids_named(daemon)
-        self._children = (
-            _process_tree(cluster.processes[cluster.services.index("runner")].pid)
-            if children and "runner" in cluster.services
-            else []
-        )
+        self._children = children and "runner" in self._services
         self._started: dict[str, float] = {}
 
     def start(self) -> None:
@@ -289,19 +285,36 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         now = self._now()
-        return {group: round(now[group] - self._started[group], 3) for group in now}
+        return {group: round(now[group] - self._started.get(group, 0.0), 3) for group in now}
 
     def _now(self) -> dict[str, float]:
-        now = {group: sum(map(_cpu_seconds, pids)) for group, pids in self._groups.items()}
+        groups = {service: _process_tree(pid) for service, pid in self._services.items()}
+        for daemon in self.DAEMONS:
+            groups["broker" if daemon == "beam.smp" else daemon] = _pids_named(daemon)
+        now: dict[str, float] = {}
         if self._children:
-            now["jobs"] = sum(_cpu_seconds(pid, reaped=True) for pid in self._children)
+            runner = self._services["runner"]
+            supervisors = _child_pids(runner)
+            groups["runner"] = [runner]
+            groups["supervisor"] = supervisors
+            now["jobs"] = sum(_cpu_seconds(pid, reaped=True) for pid in [runner, *supervisors])
+        now.update({group: sum(map(_cpu_seconds, pids)) for group, pids in groups.items()})
         return now
 
 
+def _child_pids(pid: int) -> list[int]:
+    """A process's children, whichever of its threads started them."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(kid) for kid in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
 def _process_tree(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    kids = [int(k) for k in children.read_text().split()] if children.exists() else []
-    return [pid] + [p for kid in kids for p in _process_tree(kid)]
+    return [pid] + [p for kid in _child_pids(pid) for p in _process_tree(kid)]
 
 
 def _pids_named(name: str) -> list[int]:

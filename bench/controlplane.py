@@ -3,9 +3,9 @@ container engine takes the machine's CPU; what is left is Freight's own cost per
 
 Freight: C client threads send `POST /jobs` back to back until the last `job_response`; the runner
 has K slots (32 by default) and runs each command as a subprocess. Beside the rate, the CPU time
-per job of each service, of the broker (RabbitMQ's `beam.smp`), and of the jobs' own processes
-(the runner's reaped children: the wrapper that records a command's output and exit, the shell,
-`true`). Baseline: the same N commands run through `subprocess` on K threads, the physical limit
+per job of each service, of the local executor's supervisor (which starts the commands and
+records their output and exit codes; counted with the services), of the broker (RabbitMQ's
+`beam.smp`), and of the jobs' own processes (the shell, `true`). Baseline: the same N commands run through `subprocess` on K threads, the physical limit
 of this machine for starting that many processes.
 """
 
@@ -30,7 +30,9 @@ def run(cluster: Cluster, jobs: int, slots: int, clients: int = 8) -> dict[str, 
         cpu = meter.stop()
         progress(f"{jobs} raw subprocesses on {slots} threads")
         raw = _raw(jobs, slots)
-    services = sum(seconds for group, seconds in cpu.items() if group in cluster.services)
+    # The local executor's supervisor is Freight's own too.
+    ours = (*cluster.services, "supervisor")
+    services = sum(seconds for group, seconds in cpu.items() if group in ours)
     return {
         "jobs": jobs,
         "slots": slots,

@@ -6,8 +6,9 @@ Each service owns its tables, prefixed with its name, so one database can hold a
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -139,3 +140,13 @@ def drop_replay_requests(op: Any, prefix: str) -> None:
 def drop_tracking_tables(op: Any, prefix: str) -> None:
     op.drop_table(f"{prefix}_dead_letters")
     op.drop_table(f"{prefix}_offsets")
+
+
+T = TypeVar("T")
+
+
+def in_slices(values: Sequence[T], size: int = 1000) -> Iterator[Sequence[T]]:
+    """Values for an `IN (...)`, a slice at a time: a job's outputs may be tens of thousands,
+    well over what a database takes as one statement's parameters."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

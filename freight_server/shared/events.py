@@ -105,11 +105,15 @@ def decode(body: bytes) -> Event:
         data = raw["data"]
         if not isinstance(data, dict):
             raise MalformedEvent("'data' must be an object")
+        occurred_at = datetime.fromisoformat(raw["occurred_at"])
+        if occurred_at.tzinfo is None:
+            # Folds order and compare times across hosts: a time without its zone is ambiguous.
+            raise MalformedEvent("'occurred_at' must carry its time zone")
         return Event(
             event_id=str(raw["event_id"]),
             type=str(raw["type"]),
             job_id=None if raw.get("job_id") is None else str(raw["job_id"]),
-            occurred_at=datetime.fromisoformat(raw["occurred_at"]),
+            occurred_at=occurred_at,
             producer=str(raw["producer"]),
             schema_version=int(raw["schema_version"]),
             data=data,

@@ -65,7 +65,7 @@ POISONS = {
     "a number out of range": Poison(
         [], outputs_saved("job-big", files=[{"path": "out", "size": 2**70}])
     ),
-    # TypeError: comparing it with the runner's last, aware, heartbeat.
+    # MalformedEvent: the envelope refuses a time without its zone (folds compare times).
     "a naive timestamp": Poison([heartbeat("r1")], heartbeat("r1", naive=True)),
     # AttributeError: a list of strings where entries are objects.
     "an odd shape": Poison([], outputs_saved("job-odd", skipped=["out"])),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from freight_server.services.filestore import schema
 from freight_server.services.filestore.retention import Retention
 from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
+from freight_server.shared.db import in_slices
 from freight_server.shared.events import EventFactory, EventType
 from freight_server.shared.filestore_protocol import EMPTY_DIGEST
 from freight_server.shared.jobs import JobView
@@ -78,7 +79,7 @@ class FilestoreProjection:
         if not digests:
             return
         known: set[str] = set()
-        for some in _slices(sorted(digests)):
+        for some in in_slices(sorted(digests)):
             known.update(
                 session.execute(
                     sa.select(refs.c.digest).where(refs.c.job_id == job_id, refs.c.digest.in_(some))
@@ -91,7 +92,7 @@ class FilestoreProjection:
     @staticmethod
     def _end_holds(session: Session, files: Iterable[Mapping[str, Any]]) -> None:
         uploads = [str(f["upload"]) for f in files if f.get("upload")]
-        for some in _slices(uploads):
+        for some in in_slices(uploads):
             session.execute(schema.holds.delete().where(schema.holds.c.upload.in_(some)))
 
     @staticmethod
@@ -124,13 +125,6 @@ class FilestoreProjection:
             log.warning("could not announce the filestore's start: %s", exc)
             return
         self._marker = started.event_id
-
-
-def _slices(values: list[str], size: int = 1000) -> Iterator[list[str]]:
-    """A job's outputs may be tens of thousands: queried a slice at a time, well under the
-    database's limit on a statement's parameters."""
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
 
 
 def _job_columns(view: JobView) -> dict[str, Any]:

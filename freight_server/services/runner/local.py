@@ -4,14 +4,13 @@ attempt, started at most once, found again after a runner restart, stopped with 
 SIGKILL after the grace; and its files can be put in and read out like a container's.
 
 An attempt's directory, `<root>/<name>/`, holds `spec.json` (written by create), `started`
-(written before the process exists, so a restart never starts it twice), `pid` (with the
-process's start time, so a reused pid is not mistaken for it; `wrapper_pid` is the wrapper's
-own record, should the runner die before writing it), `exit_code`, `output` (stdout and stderr,
-framed in the order written), and `root/`, which stands for the job's file system. Its working
-directory is `root/<workdir>` (`root/job`), so relative paths work as in a container; an
-absolute input path such as `/data/x` lands at `root/data/x`. The command runs under a small
-wrapper process that records its output and exit code, so both outlive the runner that started
-it.
+(written before the process exists, so a restart never starts it twice), `pid` (the command's
+and its supervisor's, each with its start time, so a reused pid is not mistaken for either),
+`exit_code`, `output` (stdout and stderr, framed in the order written), and `root/`, which
+stands for the job's file system. Its working directory is `root/<workdir>` (`root/job`), so
+relative paths work as in a container; an absolute input path such as `/data/x` lands at
+`root/data/x`. The runner's commands are started by one supervisor process (supervisor.py) that
+records their output and exit codes, so both outlive the runner that started them.
 
 There is no image, no isolation from the host, and `cpus`/`memory` are counted by the scheduler
 but not enforced.
@@ -55,79 +54,10 @@ log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CHUNK = 64 * 1024
 
-# The wrapper: a small Python process (isolated from the job's PYTHON* variables, without `site`,
-# importing nothing beyond what the interpreter has built in: it starts in a few milliseconds) that
-# runs the command, frames what it writes to stdout and stderr into `output` in the order it is
-# read (one byte for the stream, 1 or 2, four for the length, then the bytes, as the Docker engine
-# frames its logs), and records its exit code, so that all of it outlives the runner that started
-# it. Its signal handlers are not the command's: SIGTERM reaches the command, the wrapper stays to
-# record.
-WRAPPER = """
-import os, select, signal, sys
-
-attempt, command = sys.argv[1], sys.argv[2]
-
-
-def record(name, text):
-    path = os.path.join(attempt, name)
-    with open(path + ".tmp", "w") as out:
-        out.write(text)
-    os.replace(path + ".tmp", path)
-
-
-def write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-record("wrapper_pid", str(os.getpid()))
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, lambda *_: None)
-out_read, out_write = os.pipe()
-err_read, err_write = os.pipe()
-child = os.posix_spawnp(
-    "sh",
-    ["sh", "-c", command],
-    os.environ,
-    file_actions=[
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, out_write, 1),
-        (os.POSIX_SPAWN_DUP2, err_write, 2),
-    ],
-    setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ),
-)
-os.close(out_write)
-os.close(err_write)
-streams = {out_read: 1, err_read: 2}
-poller = select.poll()
-for fd in streams:
-    poller.register(fd, select.POLLIN)
-output = os.open(os.path.join(attempt, "output"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-code = None
-# Until the command ends; then what it left in the pipes (a background process that keeps them
-# open is no reason to wait: it is killed when the attempt is removed).
-while streams:
-    if code is None:
-        done, status = os.waitpid(child, os.WNOHANG)
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-    ready = poller.poll(0 if code is not None else 200)
-    if code is not None and not ready:
-        break
-    for fd, _ in ready:
-        data = os.read(fd, 65536)
-        if not data:
-            poller.unregister(fd)
-            del streams[fd]
-            continue
-        write_all(output, bytes([streams[fd]]) + len(data).to_bytes(4, "big") + data)
-if code is None:
-    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
-code = 128 - code if code < 0 else code
-record("exit_code", str(code))
-sys.exit(code)
-"""
+# The process that starts this runner's commands and records their output and exit codes
+# (supervisor.py): one for the runner's life, so a command costs no interpreter of its own.
+SUPERVISOR = Path(__file__).with_name("supervisor.py")
+REPLY_WAIT = 30.0  # seconds for the supervisor to say a command runs
 KILLED = 128 + signal.SIGKILL  # the status of a process that left no code of its own
 
 # Go's os.FileMode type bits, as the Docker engine reports a path's mode (executor.PathStat).
@@ -140,8 +70,10 @@ class LocalExecutor:
     def __init__(self, root: Path, poll_interval: float = 0.1):
         self._root = root.resolve()
         self._poll = poll_interval
-        # Processes this runner started; one adopted after a restart is watched by its pid.
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # Commands this runner started; one adopted after a restart is watched by its pid.
+        self._commands: dict[str, _Command] = {}
+        self._supervisor: _Supervisor | None = None
+        self._lock = threading.Lock()
 
     # -- Executor ----------------------------------------------------------------------------
 
@@ -179,30 +111,30 @@ class LocalExecutor:
             spec = json.loads((attempt / "spec.json").read_text())
             _write_atomic(attempt / "started", "")
             (attempt / "output").touch()
-            with open(attempt / "wrapper.log", "ab") as wrapper_log:
-                child = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", WRAPPER, str(attempt), spec["command"]],
-                    cwd=self.work_dir(container_id),
-                    env=spec["env"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=wrapper_log,  # the wrapper's own troubles, should it have any
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: a stop reaches all of it
-                )
-            self._children[container_id] = child
-            _write_atomic(attempt / "pid", f"{child.pid} {_started_at(child.pid) or ''}")
+            request = {
+                "name": container_id,
+                "dir": str(attempt),
+                "command": spec["command"],
+                "env": spec["env"],
+                "cwd": str(self.work_dir(container_id)),
+            }
         except (OSError, ValueError, KeyError) as exc:
             raise ExecutorError(f"could not start the command: {exc}") from None
+        self._commands[container_id] = self._running_supervisor().start(request)
+
+    def _running_supervisor(self) -> _Supervisor:
+        with self._lock:
+            if self._supervisor is None or not self._supervisor.alive:
+                self._supervisor = _Supervisor(self._root)
+            return self._supervisor
 
     def wait(self, container_id: str) -> ExitStatus:
-        child = self._children.get(container_id)
-        if child is not None:
-            returncode = child.wait()
-            recorded = self._recorded_exit(container_id)
-            if recorded is not None:
-                return ExitStatus(recorded)
-            return ExitStatus(128 - returncode if returncode < 0 else returncode)
-        # Adopted after a restart: not our child, so its end is seen by polling its pid.
+        command = self._commands.get(container_id)
+        if command is not None:
+            command.ended.wait()
+            if command.exit_code is not None:
+                return ExitStatus(command.exit_code)
+        # Adopted after a restart, or its supervisor died: its end is seen by polling its pid.
         while self._alive(container_id):
             time.sleep(self._poll)
         recorded = self._recorded_exit(container_id)
@@ -215,7 +147,7 @@ class LocalExecutor:
         deadline = time.monotonic() + grace
         while self._alive(container_id) and time.monotonic() < deadline:
             time.sleep(min(self._poll, 0.05))
-        # Whatever is left of the group, the wrapper included, as `docker stop` would.
+        # Whatever is left of its session, as `docker stop` would.
         _signal_group(pid, signal.SIGKILL)
 
     def remove(self, container_id: str) -> None:
@@ -223,12 +155,9 @@ class LocalExecutor:
         if pid is not None:
             # The command's own background children die with it, as in a container.
             _signal_group(pid, signal.SIGKILL)
-        child = self._children.pop(container_id, None)
-        if child is not None:
-            try:
-                child.wait(timeout=5)  # reaped, not left a zombie
-            except subprocess.TimeoutExpired:
-                log.warning("%s: the command did not die on SIGKILL", container_id)
+        command = self._commands.pop(container_id, None)
+        if command is not None and not command.ended.wait(timeout=5):  # its exit recorded
+            log.warning("%s: the command did not die on SIGKILL", container_id)
         shutil.rmtree(self._dir(container_id), ignore_errors=True)
 
     def labelled(self, labels: Mapping[str, str]) -> list[tuple[str, Mapping[str, str]]]:
@@ -304,11 +233,11 @@ class LocalExecutor:
         return self._frames(container_id, follow=True)
 
     def attach_output(self, container_id: str) -> None:
-        return None  # the wrapper writes the output file as the command writes: followed
+        return None  # the supervisor writes the output file as the command writes: followed
 
     def _frames(self, container_id: str, follow: bool) -> Iterator[tuple[int, bytes]]:
-        """The command's writes as the wrapper framed them, in order; when following, until
-        the wrapper has ended and everything it wrote has been read."""
+        """The command's writes as the supervisor framed them, in order; when following, until
+        the command has ended and everything it wrote has been read."""
         try:
             source = open(self._dir(container_id) / "output", "rb")  # noqa: SIM115
         except FileNotFoundError:
@@ -349,29 +278,114 @@ class LocalExecutor:
         return host
 
     def _pid(self, container_id: str) -> int | None:
-        child = self._children.get(container_id)
-        if child is not None:
-            return child.pid
+        command = self._commands.get(container_id)
+        if command is not None and command.pid is not None:
+            return command.pid
         recorded = _read_fields(self._dir(container_id) / "pid")
-        if recorded:
-            return int(recorded[0])
-        return _read_int(self._dir(container_id) / "wrapper_pid")
+        return int(recorded[0]) if recorded else None
 
     def _recorded_exit(self, container_id: str) -> int | None:
         return _read_int(self._dir(container_id) / "exit_code")
 
     def _alive(self, container_id: str) -> bool:
-        """Whether the wrapper still runs: its pid, with the start time it had, so that a pid
-        reused by another process since is not taken for it."""
-        child = self._children.get(container_id)
-        if child is not None:
-            return child.poll() is None
-        pid = self._pid(container_id)
-        if pid is None:
+        """Whether the command still runs, or its supervisor is still recording its end: each
+        by its pid with the start time it had, so that a pid reused since is not taken for it."""
+        command = self._commands.get(container_id)
+        if command is not None and not command.lost:
+            return not command.ended.is_set()
+        recorded = _read_fields(self._dir(container_id) / "pid")
+        if not recorded:
             return False
-        started = _started_at(pid)
-        recorded = _read_fields(self._dir(container_id) / "pid")[1:]
-        return started is not None and (not recorded or recorded[0] == started)
+        pid, started, *supervisor = recorded
+        if _started_at(int(pid)) == started:
+            return True
+        if len(supervisor) == 2 and self._recorded_exit(container_id) is None:
+            return _started_at(int(supervisor[0])) == supervisor[1]
+        return False
+
+
+class _Command:
+    """A command started through this runner's supervisor, as its replies tell."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.error: str | None = None
+        self.exit_code: int | None = None
+        self.lost = False  # the supervisor died first: its end is the attempt's files' to tell
+        self.replied = threading.Event()
+        self.ended = threading.Event()
+
+
+class _Supervisor:
+    """The runner's end of supervisor.py: a request a line written to its stdin, its replies
+    read by a thread. Started in a session of its own, it outlives the runner (and a Ctrl-C
+    meant for it), and ends once its last command has."""
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(root / "supervisor.log", "ab") as troubles:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", str(SUPERVISOR)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=troubles,
+                cwd="/",
+                start_new_session=True,
+            )
+        self.alive = True
+        self._lock = threading.Lock()
+        self._commands: dict[str, _Command] = {}
+        threading.Thread(target=self._read, name="local-supervisor", daemon=True).start()
+
+    def start(self, request: dict[str, Any]) -> _Command:
+        command = _Command()
+        line = (json.dumps(request) + "\n").encode()
+        with self._lock:
+            if not self.alive:
+                raise ExecutorError("the local supervisor is gone; the next start begins another")
+            self._commands[request["name"]] = command
+            try:
+                assert self._process.stdin is not None
+                self._process.stdin.write(line)
+                self._process.stdin.flush()
+            except OSError as exc:
+                self._commands.pop(request["name"], None)
+                raise ExecutorError(f"could not reach the local supervisor: {exc}") from None
+        if not command.replied.wait(REPLY_WAIT):
+            raise ExecutorError(f"the local supervisor did not start it in {REPLY_WAIT:.0f}s")
+        if command.error is not None:
+            raise ExecutorError(f"could not start the command: {command.error}")
+        if command.pid is None:
+            raise ExecutorError("the local supervisor ended before starting the command")
+        return command
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            reply = json.loads(line)
+            with self._lock:
+                command = self._commands.get(reply["name"])
+                if command is None:
+                    continue
+                if "exit_code" in reply:
+                    del self._commands[reply["name"]]
+                    command.exit_code = int(reply["exit_code"])
+                    command.ended.set()
+                    continue
+            command.pid, command.error = reply.get("pid"), reply.get("error")
+            if command.error is not None:
+                command.ended.set()
+            command.replied.set()
+        self._process.wait()
+        code = self._process.returncode
+        log.error("the local supervisor ended (%s); its commands are lost", code)
+        with self._lock:
+            self.alive = False
+            for command in self._commands.values():
+                command.lost = True
+                command.replied.set()
+                command.ended.set()
+            self._commands.clear()
 
 
 class _TarStream:

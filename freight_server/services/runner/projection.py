@@ -30,6 +30,7 @@ from freight_server.services.runner.gpus import HostResources
 from freight_server.services.runner.housekeeping import Housekeeping
 from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
+from freight_server.shared.db import in_slices
 from freight_server.shared.events import EventType
 from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status
 from freight_server.shared.views import fold_views, view_columns, write_views
@@ -68,7 +69,8 @@ class RunnerProjection:
         self._marker: str | None = None  # our RunnerStarted's id
         self._housekeeping = housekeeping
         self.caught_up = False
-        self._concerned = True  # a batch since the last reconcile concerned this runner
+        # Jobs of ours that batches touched since the last reconcile: what the next one looks at.
+        self._touched: set[str] = set()
 
     # -- projection ------------------------------------------------------------------------
 
@@ -81,17 +83,19 @@ class RunnerProjection:
         with self._lock:
             live = {job_id for job_id, _ in self._live}
         me = self._ctx.runner_id
-        self._concerned = self._concerned or any(
-            event.job_id in live or event.data.get("runner") == me for event, _ in batch
+        self._touched.update(
+            event.job_id
+            for event, _ in batch
+            if event.job_id is not None and (event.job_id in live or event.data.get("runner") == me)
         )
 
     # -- decisions -------------------------------------------------------------------------
 
     def after_batch(self, caught_up: bool) -> None:
-        # Only a batch that assigned us a job or touched one of ours changes what should run
-        # here: the others are every other runner's business (the tick reconciles anyway).
-        if self.caught_up and self._concerned:
-            self.reconcile()
+        # Only the jobs a batch assigned us or touched among ours can change what should run
+        # here: the others are every other runner's business (the tick reconciles them all).
+        if self.caught_up and self._touched:
+            self.reconcile(touched_only=True)
 
     def tick(self) -> None:
         if self._marker is None:
@@ -103,22 +107,29 @@ class RunnerProjection:
         if self._housekeeping is not None:
             self._housekeeping.run_if_due()
 
-    def reconcile(self) -> None:
-        """Make the running attempts match the log: launch what is ours, stop what is not."""
-        self._concerned = False
+    def reconcile(self, touched_only: bool = False) -> None:
+        """Make the running attempts match the log: launch what is ours, stop what is not; of
+        every job, or only of those the batches since the last reconcile touched."""
+        touched, self._touched = self._touched, set()
+        jobs = schema.jobs
+        wanted = sa.select(jobs.c.view).where(
+            jobs.c.projector == self._ctx.runner_id,
+            jobs.c.runner == self._ctx.runner_id,
+            jobs.c.status.in_([s.value for s in ACTIVE]),
+        )
         with self._engine.connect() as connection:
-            assigned = [
-                JobView.from_dict(view)
-                for view in connection.execute(
-                    sa.select(schema.jobs.c.view).where(
-                        schema.jobs.c.projector == self._ctx.runner_id,
-                        schema.jobs.c.runner == self._ctx.runner_id,
-                        schema.jobs.c.status.in_([s.value for s in ACTIVE]),
-                    )
-                ).scalars()
-            ]
+            if not touched_only:
+                assigned = [JobView.from_dict(v) for v in connection.execute(wanted).scalars()]
+            else:
+                assigned = [
+                    JobView.from_dict(view)
+                    for ids in in_slices(sorted(touched))
+                    for view in connection.execute(wanted.where(jobs.c.job_id.in_(ids))).scalars()
+                ]
             with self._lock:
                 live = list(self._live.values())
+            if touched_only:
+                live = [attempt for attempt in live if attempt.job.job_id in touched]
             current = (
                 {
                     row.job_id: JobView.from_dict(row.view)
@@ -136,7 +147,7 @@ class RunnerProjection:
             self._stop_if_unwanted(attempt, current.get(attempt.job.job_id))
         for job in assigned:
             self._launch(job)
-        if time.monotonic() >= self._next_sweep:
+        if not touched_only and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             self.remove_orphans({job.job_id: job for job in assigned})
 
