@@ -5,8 +5,9 @@ Freight: C client threads send `POST /jobs` back to back until the last `job_res
 has K slots (32 by default) and runs each command as a subprocess. Beside the rate, the CPU time
 per job of each service, of the local executor's supervisor (which starts the commands and
 records their output and exit codes; counted with the services), of the broker (RabbitMQ's
-`beam.smp`), and of the jobs' own processes (the shell, `true`). Baseline: the same N commands run through `subprocess` on K threads, the physical limit
-of this machine for starting that many processes.
+`beam.smp`), and of the jobs' own processes (the shell, `true`). Baseline: the same N commands
+run through `subprocess` on K threads, the physical limit of this machine for starting that many
+processes.
 """
 
 from __future__ import annotations

@@ -199,6 +199,16 @@ def cluster(
 
 
 @pytest.fixture(scope="module")
+def shared_cluster(
+    module_cluster_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """The whole system, once for a module whose checks each make their own jobs and leave none
+    running (a module opts in by defining `cluster` from it): a start costs seconds."""
+    with running_cluster(module_cluster_settings, tmp_path_factory.mktemp("logs")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
 def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("auth") / "tokens"
 

@@ -19,7 +19,7 @@ from freight.commands import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import Cluster, free_port
 
 
 def freight(*args: str, env: dict[str, str], timeout: float = 60):
@@ -53,6 +53,12 @@ class Cli:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+
+@pytest.fixture(scope="module")
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """Each check here makes its own jobs: one cluster serves the module."""
+    return shared_cluster
 
 
 @pytest.fixture

@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 import requests
 
+from tests.e2e.conftest import Cluster
 from tests.waiting import wait_until
 
 MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """Each check here makes its own jobs: one cluster serves the module."""
+    return shared_cluster
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -244,6 +251,7 @@ def test_a_running_job_is_read_live(cluster):
 
 
 def test_bad_names_and_paths_are_refused_naming_the_culprit(cluster):
+    jobs_before = job_count(cluster)
     cases = {
         "": "empty name",
         "a\x00b": "NUL",
@@ -265,7 +273,7 @@ def test_bad_names_and_paths_are_refused_naming_the_culprit(cluster):
     )
     assert twice.status_code == 400 and "file[] #2" in twice.json()["message"]
     assert "/job/a.txt" in twice.json()["message"]
-    assert requests.get(f"{cluster.url}/jobs", params={"status": "all"}).json()["count"] == 0
+    assert job_count(cluster) == jobs_before  # none of them made a job
 
     job_id = cluster.submit("true")["job_id"]
     cluster.wait_for_status(job_id, "COMPLETE")
@@ -277,6 +285,10 @@ def test_bad_names_and_paths_are_refused_naming_the_culprit(cluster):
         assert response.status_code == 400 and words in response.json()["message"], path
     assert get_file(cluster, "no-such-job", "/job").status_code == 404
     assert get_file(cluster, job_id, "/nowhere").status_code == 404
+
+
+def job_count(cluster) -> int:
+    return int(requests.get(f"{cluster.url}/jobs", params={"status": "all"}).json()["count"])
 
 
 def post_raw_file(cluster, filename: str) -> requests.Response:

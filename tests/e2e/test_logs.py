@@ -9,9 +9,18 @@ from typing import Any
 import pytest
 import requests
 
+from tests.e2e.conftest import Cluster
 from tests.e2e.test_files import peak_rss_mib
 
 TICKING = "i=1; while [ $i -le 30 ]; do echo line $i; i=$((i+1)); sleep 0.1; done; echo done >&2"
+
+
+@pytest.fixture(scope="module")
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """Each check here makes its own jobs: one cluster serves the module."""
+    return shared_cluster
+
+
 EXPECTED = [f"line {i}" for i in range(1, 31)] + ["done"]
 
 
