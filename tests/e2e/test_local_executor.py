@@ -5,6 +5,7 @@ subprocesses: exit codes, environment, GPUs, timeout, cancel, and a runner resta
 from __future__ import annotations
 
 import io
+import os
 import signal
 import tarfile
 import uuid
@@ -211,6 +212,19 @@ def test_local_commands_run_in_their_own_directory(tmp_path):
     assert (work / "where").read_text().strip() == str(work)
     executor.remove(container_id)
     assert not (tmp_path / "local-jobs" / "own-dir").exists()
+
+
+def test_a_command_whose_supervisor_died_ends_as_killed_and_the_next_gets_another(tmp_path):
+    executor = LocalExecutor(tmp_path / "local-jobs", poll_interval=0.05)
+    job = ContainerSpec(name="orphaned", image="-", command="sleep 1; exit 4", labels={})
+    container_id = executor.create(job)
+    executor.start(container_id)
+    recorded = (tmp_path / "local-jobs" / "orphaned" / "pid").read_text().split()
+    os.kill(int(recorded[2]), signal.SIGKILL)  # the supervisor: pid, start; its pid, start
+    # Its exit code had nobody left to record it: killed, as a container whose engine died.
+    assert executor.wait(container_id).exit_code == 128 + signal.SIGKILL
+    again = ContainerSpec(name="after", image="-", command="exit 5", labels={})
+    assert run(executor, again) == 5
 
 
 # -- the lifecycle, with a local runner ----------------------------------------------------------
