@@ -34,8 +34,11 @@ up: install
 images: install
 	bash scripts/build-images.sh
 
+# Two workers, a test module to each at a time (its shared cluster started once), then the tests
+# that change what the others share, alone.
 test: install docker test-tools images
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 lint: install
 	$(BIN)/ruff check .

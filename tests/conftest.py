@@ -22,6 +22,18 @@ from freight_server.shared.config import Settings
 
 TEST_IMAGE = os.environ.get("FREIGHT_TEST_IMAGE", "freight/busybox:local")
 
+# What other tests share and these change: the fault suite restarts RabbitMQ, the deployment
+# tests run the compose stack and a RabbitMQ cluster, test_compose builds the images. `make test`
+# runs the rest on two workers, then these alone (`-m serial`).
+SERIAL = ("tests/faults/", "tests/deploy/", "tests/integration/test_compose.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        if item.path.relative_to(root).as_posix().startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
+
 
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:

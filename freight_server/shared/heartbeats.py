@@ -8,13 +8,16 @@ before a reader started proves nothing about whether it is alive, so none is rep
 
 The listener runs on its own thread and connection and keeps only each runner's latest
 heartbeat; the reader takes them on its own thread, between batches, so its state stays
-single-threaded.
+single-threaded. While the listener is not subscribed (the broker restarting, a reconnect's
+backoff) heartbeats go unheard, which is no runner's silence: `listening_since` says since when
+they can be heard (None: not now), for a judge of silence to count from no earlier.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import pika
@@ -34,6 +37,7 @@ class HeartbeatListener:
         self._latest: dict[str, Event] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._since: float | None = None  # time.monotonic() of the current subscription
 
     def take(self) -> list[Event]:
         """Each runner's latest heartbeat heard since the last call (starts listening at the
@@ -46,6 +50,10 @@ class HeartbeatListener:
         with self._lock:
             taken, self._latest = list(self._latest.values()), {}
         return taken
+
+    def listening_since(self) -> float | None:
+        """When (time.monotonic) the current subscription began; None while there is none."""
+        return self._since
 
     def close(self) -> None:
         self._stop.set()
@@ -72,9 +80,11 @@ class HeartbeatListener:
                 self._on_message,
                 arguments={"x-stream-offset": "next"},
             )
+            self._since = time.monotonic()
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=0.5)
         finally:
+            self._since = None
             if connection.is_open:
                 connection.close()
 

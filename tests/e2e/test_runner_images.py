@@ -23,6 +23,7 @@ from tests.e2e.conftest import docker_client
 KEEP_FOR = 3600.0
 LONG_AGO = datetime(2030, 1, 1, tzinfo=UTC)
 NOW = LONG_AGO + timedelta(seconds=KEEP_FOR + 1)
+OWNER = "freight-test.owner"  # the label of this module's containers
 
 
 @pytest.fixture
@@ -35,15 +36,16 @@ def engine(tmp_path: Path) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def tags() -> Iterator[dict[str, str]]:
-    """Names of the test image that nothing else uses; removed afterwards, with their
-    containers."""
+    """Names of the test image that nothing else uses; removed afterwards, with the containers
+    the test made (labelled with them: an `ancestor` filter would match every container of the
+    test image, other tests' too)."""
     client = docker_client()
     repository = f"freight-test/prune-{uuid.uuid4().hex[:10]}"
     names = {kind: f"{repository}:{kind}" for kind in ("unused", "in-use")}
     for name in names.values():
         client.images.get(TEST_IMAGE).tag(name)
     yield names
-    for container in client.containers.list(all=True, filters={"ancestor": names["in-use"]}):
+    for container in client.containers.list(all=True, filters={"label": f"{OWNER}={repository}"}):
         container.remove(force=True)
     for name in names.values():
         with contextlib.suppress(docker.errors.ImageNotFound):
@@ -60,7 +62,12 @@ def exists(client: docker.DockerClient, image: str) -> bool:
 
 def test_pulled_images_unused_for_long_are_pruned_but_not_those_in_use(engine, tags):
     client = docker_client()
-    live = client.containers.create(tags["in-use"], ["sleep", "300"], network_mode="none")
+    live = client.containers.create(
+        tags["in-use"],
+        ["sleep", "300"],
+        network_mode="none",
+        labels={OWNER: tags["in-use"].split(":")[0]},
+    )
     live.start()
     images = PulledImages(engine, "runner-a", clock=lambda: LONG_AGO)
     for image in (tags["unused"], tags["in-use"], TEST_IMAGE):

@@ -96,6 +96,43 @@ def test_no_runner_is_judged_while_the_scheduler_is_behind_the_log(world):
     assert [e.type for e in log.take(EventType.RUNNER_LOST)] == [EventType.RUNNER_LOST]
 
 
+class Ears:
+    """The heartbeats' subscription as the scheduler sees it: what was heard, and since when
+    it has been listening (None: the broker is away and nothing can be heard)."""
+
+    def __init__(self, clock) -> None:
+        self.heard: list[Event] = []
+        self.since: float | None = clock.monotonic()
+
+    def take(self) -> list[Event]:
+        taken, self.heard = self.heard, []
+        return taken
+
+    def listening_since(self) -> float | None:
+        return self.since
+
+
+def test_no_runner_is_judged_while_its_heartbeats_cannot_be_heard(world):
+    _, apply, new_event, log, clock, engine = world
+    ears = Ears(clock)
+    projection = SchedulerProjection(
+        engine, log, new_event, DEADLINE, clock, clock.monotonic, heartbeats=ears
+    )
+    projection.announce_start()
+    apply(projection, *log.take())
+    ears.heard.append(new_event(EventType.RUNNER_HEARTBEAT, None, runner="a", slots=2, gpus=[]))
+    ticking(projection, clock, 5)
+
+    ears.since = None  # the broker restarts: the runner speaks, nobody hears
+    ticking(projection, clock, 2 * DEADLINE)
+    assert log.take(EventType.RUNNER_LOST) == []
+    ears.since = clock.monotonic()  # subscribed again: a full deadline to be heard from
+    ticking(projection, clock, DEADLINE - 5)
+    assert log.take(EventType.RUNNER_LOST) == []
+    ticking(projection, clock, 10)  # and it said nothing since
+    assert [e.data["runner"] for e in log.take(EventType.RUNNER_LOST)] == ["a"]
+
+
 def test_a_job_assigned_to_a_runner_already_lost_does_not_stay_pending(world):
     projection, apply, new_event, log, clock, engine = world
     apply(

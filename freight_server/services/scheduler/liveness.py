@@ -8,7 +8,9 @@ restart proves nothing about now and is not counted as heard.
 The scheduler's own inattention is not a runner's silence: after a gap in its attention (a
 database stall, a reconnect, a long batch) or while it is behind the log, heartbeats may be
 waiting unread. Silence is then counted from when attention resumed, so every runner gets a
-full deadline, and no one is judged at all while the scheduler is behind.
+full deadline, and no one is judged at all while the scheduler is behind. The same holds for its
+ears: while the heartbeats' subscription is down (a broker restart, a reconnect's backoff) no one
+is judged, and silence counts from when it was taken up again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Liveness:
         self._attentive_since = monotonic()
         self._last_look = self._attentive_since
         self._behind = False
+        self._listening_since: float | None = self._attentive_since
 
     def heard(self, runner_id: str) -> None:
         """A heartbeat of `runner_id` was applied just now, live (not replayed)."""
@@ -37,6 +40,10 @@ class Liveness:
     def behind(self, behind: bool) -> None:
         """Whether the last batch read left more of the log waiting (the consumer's view)."""
         self._behind = behind
+
+    def listening(self, since: float | None) -> None:
+        """Since when (this clock) heartbeats can be heard; None while they cannot."""
+        self._listening_since = since
 
     def look(self) -> None:
         """Called at every pass: a pass after a long pause restarts every runner's deadline."""
@@ -51,15 +58,16 @@ class Liveness:
         return heard is not None and self._monotonic() - heard <= self._deadline
 
     def silent(self, runner_ids: Iterable[str]) -> list[str]:
-        """Those of `runner_ids` silent past the deadline; none while the scheduler is behind."""
-        if self._behind:
+        """Those of `runner_ids` silent past the deadline; none while the scheduler is behind
+        or deaf."""
+        if self._behind or self._listening_since is None:
             return []
         now = self._monotonic()
+        since = max(self._attentive_since, self._listening_since)
         return [
             runner_id
             for runner_id in runner_ids
-            if now - max(self._heard.get(runner_id, float("-inf")), self._attentive_since)
-            > self._deadline
+            if now - max(self._heard.get(runner_id, float("-inf")), since) > self._deadline
         ]
 
     def settled(self) -> bool:

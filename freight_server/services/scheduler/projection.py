@@ -52,6 +52,9 @@ class HeartbeatSource(Protocol):
     def take(self) -> list[Event]:
         """The runners' latest heartbeats heard live since the last call."""
 
+    def listening_since(self) -> float | None:
+        """Since when (the scheduler's monotonic clock) heartbeats can be heard; None: not now."""
+
 
 class SchedulerProjection:
     consumer = "scheduler"
@@ -271,6 +274,8 @@ class SchedulerProjection:
                 return
         self._liveness.look()
         self.hear_heartbeats()
+        if self._heartbeats is not None:
+            self._liveness.listening(self._heartbeats.listening_since())
         self.declare_silent_runners_lost()
         self.end_jobs_placed_on_lost_runners()
         self.place_queued_jobs()
