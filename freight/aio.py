@@ -128,10 +128,14 @@ class AsyncClient:
         return await self._call(calls.get_job(job_id))
 
     async def list(
-        self, status: str | Iterable[str] | None = None, *, page_size: int = 100
+        self,
+        status: str | Iterable[str] | None = None,
+        *,
+        page_size: int = 100,
+        id_prefix: str | None = None,
     ) -> builtins.list[Job]:
         """As `Client.list`, every page gathered into one list."""
-        page = await self._call(calls.jobs_page(status, page_size))
+        page = await self._call(calls.jobs_page(status, page_size, id_prefix))
         jobs = list(page.jobs)
         while page.next is not None:
             page = await self._call(calls.next_jobs_page(page.next))

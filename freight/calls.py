@@ -56,10 +56,14 @@ def get_job(job_id: str) -> Call[Job]:
     return Call("GET", f"/jobs/{segment(job_id)}", Job.from_json)
 
 
-def jobs_page(status: str | Iterable[str] | None, page_size: int) -> Call[JobsPage]:
+def jobs_page(
+    status: str | Iterable[str] | None, page_size: int, id_prefix: str | None = None
+) -> Call[JobsPage]:
     params: dict[str, Any] = {"limit": page_size}
     if status is not None:
         params["status"] = status if isinstance(status, str) else ",".join(status)
+    if id_prefix:
+        params["id_prefix"] = id_prefix
     return Call("GET", "/jobs", _jobs_page, params=params)
 
 

@@ -27,6 +27,7 @@ from freight.job_ids import (
     AmbiguousJobId,
     UnknownJobId,
     is_full_id,
+    prefix_of,
     resolve_job_id,
 )
 from freight.login import TokenRefused, add_login_command, login
@@ -197,7 +198,8 @@ def _run_user_command(args: argparse.Namespace) -> int:
     with Client(args.url) as client:
         job_id = getattr(args, "job_id", None)
         if job_id and not is_full_id(job_id):
-            args.job_id = resolve_job_id(job_id, client.list("all", page_size=PAGE_SIZE))
+            found = client.list("all", page_size=PAGE_SIZE, id_prefix=prefix_of(job_id))
+            args.job_id = resolve_job_id(job_id, found)
         return int(args.run(client, args))
 
 

@@ -148,11 +148,16 @@ class Client:
         return self._call(calls.get_job(job_id))
 
     def list(
-        self, status: str | Iterable[str] | None = None, *, page_size: int = 100
+        self,
+        status: str | Iterable[str] | None = None,
+        *,
+        page_size: int = 100,
+        id_prefix: str | None = None,
     ) -> Iterator[Job]:
         """Jobs newest first, every page; by default the unfinished ones, `status="all"` for
-        every job, or statuses such as ["COMPLETE", "FAILED"]."""
-        page = self._call(calls.jobs_page(status, page_size))
+        every job, or statuses such as ["COMPLETE", "FAILED"]; `id_prefix` keeps the jobs whose
+        id starts with it."""
+        page = self._call(calls.jobs_page(status, page_size, id_prefix))
         while True:
             yield from page.jobs
             if page.next is None:

@@ -174,8 +174,10 @@ def test_ids_by_prefix_and_errors_by_freights_own_exit_codes(cli, tmp_path):
     shown = cli("status", "--json", job_id[:6])
     assert shown.returncode == 0 and json.loads(shown.stdout)["job_id"] == job_id
 
-    unknown = cli("status", "0000zz")
+    unknown = cli("status", "0000ffff0000")  # looked for by the API, among every job of yours
     assert unknown.returncode == EXIT_FAILED and "no job of yours" in unknown.stderr
+    not_an_id = cli("status", "0000zz")
+    assert not_an_id.returncode == EXIT_FAILED and "ids are hexadecimal" in not_an_id.stderr
     short = cli("logs", job_id[:3])
     assert short.returncode == EXIT_USAGE and "at least 4 characters" in short.stderr
     bad = cli("ls", "--no-such-option")

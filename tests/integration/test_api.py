@@ -261,10 +261,28 @@ def test_listing_filters_by_status(client):
     assert listed(status="all") == [gone, kept]
 
 
+def test_listing_finds_jobs_by_the_start_of_their_id(client):
+    ids = [submit(client, command=f"echo {n}").json["job_id"] for n in range(3)]
+    wanted = ids[1]
+
+    def listed(prefix: str) -> dict:
+        return client.simulate_get("/jobs", params={"id_prefix": prefix, "status": "all"}).json
+
+    # Listing reads the projection, a moment behind the log.
+    found = wait_until(lambda: (page := listed(wanted[:13]))["results"] and page)  # a dash too
+    assert [j["job_id"] for j in found["results"]] == [wanted] and found["count"] == 1
+    assert [j["job_id"] for j in listed(wanted[:8].upper())["results"]] == [wanted]
+    assert listed(wanted) == found
+    absent = "f" * 8 if not any(i.startswith("f" * 8) for i in ids) else "0" * 8
+    assert listed(absent) == {"count": 0, "results": [], "next": None}
+
+
 @pytest.mark.parametrize(
     "params",
     [
         {"status": "DONE"},
+        {"id_prefix": "0d6c!"},
+        {"id_prefix": "0" * 37},
         {"limit": "0"},
         {"limit": "lots"},
         {"cursor": "-1"},

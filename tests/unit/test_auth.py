@@ -176,8 +176,12 @@ class FakeJobs:
     def get(self, job_id: str) -> JobView | None:
         return self._views().get(job_id)
 
-    def page(self, statuses, limit, before, owner=None) -> Page:
-        jobs = [v for v in self._views().values() if owner is None or v.owner == owner]
+    def page(self, statuses, limit, before, owner=None, id_prefix=None) -> Page:
+        jobs = [
+            v
+            for v in self._views().values()
+            if (owner is None or v.owner == owner) and v.job_id.startswith(id_prefix or "")
+        ]
         return Page(jobs=jobs, total=len(jobs), next_cursor=None)
 
     def events(self, job_id: str) -> list[dict]:

@@ -176,6 +176,8 @@ def test_an_ambiguous_short_or_unknown_prefix_says_so() -> None:
         resolve_job_id("0d6", _jobs(JOB_A))
     with pytest.raises(UnknownJobId, match="no job of yours"):
         resolve_job_id("abcd", _jobs(JOB_A))
+    with pytest.raises(UnknownJobId, match="ids are hexadecimal"):
+        resolve_job_id("my-job", _jobs(JOB_A))
 
 
 def test_the_cli_resolves_prefixes_through_the_api(

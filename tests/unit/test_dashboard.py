@@ -34,7 +34,7 @@ class FakeJobs:
     def get(self, job_id: str) -> None:
         return None
 
-    def page(self, statuses, limit, before, owner=None) -> Page:
+    def page(self, statuses, limit, before, owner=None, id_prefix=None) -> Page:
         self.asked.append({"statuses": statuses, "limit": limit, "owner": owner})
         return Page(jobs=[], total=0, next_cursor=7)
 

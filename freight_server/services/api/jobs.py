@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 MAX_PAGE = 1000
 MAX_CURSOR = 2**63 - 1  # a log position is a signed 64-bit integer in every database
+ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +170,9 @@ class Jobs:
         statuses = _statuses(requested)
         limit = _int_param(req, "limit", default=100, minimum=1, maximum=MAX_PAGE)
         cursor = _int_param(req, "cursor", default=None, minimum=0, maximum=MAX_CURSOR)
+        id_prefix = _id_prefix(req)
         owner = _owner_listed(req, caller_of(req))
-        page = self._deps.jobs.page(statuses, limit, cursor, owner=owner)
+        page = self._deps.jobs.page(statuses, limit, cursor, owner=owner, id_prefix=id_prefix)
         next_url = None
         if page.next_cursor is not None:
             query: dict[str, Any] = {"limit": limit, "cursor": page.next_cursor}
@@ -177,6 +180,8 @@ class Jobs:
                 query["status"] = ",".join(requested)
             if req.get_param("owner"):
                 query["owner"] = owner
+            if id_prefix:
+                query["id_prefix"] = id_prefix
             next_url = f"/jobs?{urlencode(query)}"
         resp.media = {
             "count": page.total,
@@ -303,6 +308,19 @@ def _owner_listed(req: falcon.Request, caller: Caller) -> str | None:
     if asked is not None and asked != caller.name:
         raise ApiError(falcon.HTTP_403, "forbidden", "only an admin may list another owner's jobs")
     return caller.name
+
+
+def _id_prefix(req: falcon.Request) -> str | None:
+    """The start of the ids to list (`freight logs 0d6c`): hexadecimal digits and dashes."""
+    raw = req.get_param("id_prefix")
+    if not raw:
+        return None
+    if not ID_PREFIX.fullmatch(raw):
+        raise bad_request(
+            f"id_prefix must be the start of a job id (1 to 36 hexadecimal digits and dashes), "
+            f"got {raw[:40]!r}"
+        )
+    return raw.lower()
 
 
 def _statuses(values: list[str]) -> list[Status] | None:

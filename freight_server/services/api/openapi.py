@@ -307,6 +307,12 @@ LIST = {
             "schema": {"type": "string"},
             "description": "Only this user's jobs (an admin may name anyone; a user, themself).",
         },
+        {
+            "name": "id_prefix",
+            "in": "query",
+            "schema": {"type": "string", "pattern": "^[0-9a-fA-F-]{1,36}$"},
+            "description": "Only jobs whose id starts with this (`freight logs 0d6c` finds one).",
+        },
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
         {
             "name": "cursor",

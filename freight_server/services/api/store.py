@@ -40,29 +40,30 @@ class JobStore:
         limit: int,
         before: int | None,
         owner: str | None = None,
+        id_prefix: str | None = None,
     ) -> Page:
         """Newest first; `before` is the cursor a previous page returned; `owner` (if given)
-        keeps that user's jobs only."""
+        keeps that user's jobs only, `id_prefix` (lowercase hexadecimal digits and dashes) the
+        jobs whose id starts with it."""
         jobs = schema.jobs
         where: list[sa.ColumnElement[bool]] = []
         if statuses:
             where.append(jobs.c.status.in_([s.value for s in statuses]))
         if owner is not None:
             where.append(jobs.c.owner == owner)
+        if id_prefix:
+            where.append(jobs.c.job_id.startswith(id_prefix))
         query = sa.select(jobs.c.position, jobs.c.view).where(*where)
         if before is not None:
             query = query.where(jobs.c.position < before)
         query = query.order_by(jobs.c.position.desc()).limit(limit + 1)
-        counts = schema.job_counts
-        counted: list[sa.ColumnElement[bool]] = []
-        if statuses:
-            counted.append(counts.c.status.in_([s.value for s in statuses]))
-        if owner is not None:
-            counted.append(counts.c.owner == owner)
         with self._engine.connect() as connection:
             rows = connection.execute(query).all()
             total = connection.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(counts.c.jobs), 0)).where(*counted)
+                # The counts table is kept by owner and status; a prefix is counted in the jobs.
+                sa.select(sa.func.count()).select_from(jobs).where(*where)
+                if id_prefix
+                else self._counted(statuses, owner)
             ).scalar_one()
         more = len(rows) > limit
         rows = rows[:limit]
@@ -71,6 +72,16 @@ class JobStore:
             total=int(total),  # a sum is a Decimal on PostgreSQL
             next_cursor=rows[-1].position if more else None,
         )
+
+    @staticmethod
+    def _counted(statuses: Sequence[Status] | None, owner: str | None) -> sa.Select[Any]:
+        counts = schema.job_counts
+        counted: list[sa.ColumnElement[bool]] = []
+        if statuses:
+            counted.append(counts.c.status.in_([s.value for s in statuses]))
+        if owner is not None:
+            counted.append(counts.c.owner == owner)
+        return sa.select(sa.func.coalesce(sa.func.sum(counts.c.jobs), 0)).where(*counted)
 
     def newest(
         self, owner: str | None, before: int | None, limit: int
