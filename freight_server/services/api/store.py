@@ -46,24 +46,23 @@ class JobStore:
         keeps that user's jobs only, `id_prefix` (lowercase hexadecimal digits and dashes) the
         jobs whose id starts with it."""
         jobs = schema.jobs
-        where: list[sa.ColumnElement[bool]] = []
-        if statuses:
-            where.append(jobs.c.status.in_([s.value for s in statuses]))
-        if owner is not None:
-            where.append(jobs.c.owner == owner)
+        where = _kept(jobs, statuses, owner)
         if id_prefix:
             where.append(jobs.c.job_id.startswith(id_prefix))
         query = sa.select(jobs.c.position, jobs.c.view).where(*where)
         if before is not None:
             query = query.where(jobs.c.position < before)
         query = query.order_by(jobs.c.position.desc()).limit(limit + 1)
+        counts = schema.job_counts
         with self._engine.connect() as connection:
             rows = connection.execute(query).all()
             total = connection.execute(
                 # The counts table is kept by owner and status; a prefix is counted in the jobs.
                 sa.select(sa.func.count()).select_from(jobs).where(*where)
                 if id_prefix
-                else self._counted(statuses, owner)
+                else sa.select(sa.func.coalesce(sa.func.sum(counts.c.jobs), 0)).where(
+                    *_kept(counts, statuses, owner)
+                )
             ).scalar_one()
         more = len(rows) > limit
         rows = rows[:limit]
@@ -72,16 +71,6 @@ class JobStore:
             total=int(total),  # a sum is a Decimal on PostgreSQL
             next_cursor=rows[-1].position if more else None,
         )
-
-    @staticmethod
-    def _counted(statuses: Sequence[Status] | None, owner: str | None) -> sa.Select[Any]:
-        counts = schema.job_counts
-        counted: list[sa.ColumnElement[bool]] = []
-        if statuses:
-            counted.append(counts.c.status.in_([s.value for s in statuses]))
-        if owner is not None:
-            counted.append(counts.c.owner == owner)
-        return sa.select(sa.func.coalesce(sa.func.sum(counts.c.jobs), 0)).where(*counted)
 
     def newest(
         self, owner: str | None, before: int | None, limit: int
@@ -135,3 +124,16 @@ class RecentSubmissions:
         with self._lock:
             entry = self._views.get(job_id)
         return entry[1] if entry else None
+
+
+def _kept(
+    table: sa.Table, statuses: Sequence[Status] | None, owner: str | None
+) -> list[sa.ColumnElement[bool]]:
+    """The rows of these statuses (all if None) and this owner (any if None), in a table that
+    has both columns (the jobs, and their counts)."""
+    where: list[sa.ColumnElement[bool]] = []
+    if statuses:
+        where.append(table.c.status.in_([s.value for s in statuses]))
+    if owner is not None:
+        where.append(table.c.owner == owner)
+    return where
