@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pytest
@@ -11,6 +12,7 @@ from freight_server.shared.bus import Topology
 from freight_server.shared.config import Settings
 from freight_server.shared.events import EventFactory, EventType
 from freight_server.shared.heartbeats import HeartbeatListener
+from tests.proxy import CuttableProxy
 from tests.waiting import wait_until
 
 runner = EventFactory("runner")
@@ -59,3 +61,25 @@ def test_a_listener_hears_each_runner_latest_heartbeat_live_never_old_ones(publi
     latest = wait_until(heard, timeout=10, what="both runners heard")
     assert latest.get("before") is None
     assert latest["b"] == 4 and latest["a"] in (1, 2)  # the latest of a round, at most one each
+
+
+def test_a_listener_says_since_when_it_can_hear_and_when_it_cannot(settings, topology):
+    """What lets the scheduler judge no runner while the broker is away (scheduler/liveness.py):
+    no subscription, no time to count silence from; a new one, a new time."""
+    real = urlsplit(settings.amqp_url)
+    proxy = CuttableProxy(real.hostname or "127.0.0.1", real.port or 5672)
+    netloc = f"{real.username}:{real.password}@127.0.0.1:{proxy.port}"
+    through = urlunsplit(real._replace(netloc=netloc))
+    listener = HeartbeatListener(through, topology, "test")
+    try:
+        assert listener.listening_since() is None  # not listening before its first take
+        listener.take()
+        first = wait_until(listener.listening_since, timeout=10, what="a subscription")
+        proxy.cut()
+        wait_until(lambda: listener.listening_since() is None, timeout=10, what="deaf")
+        proxy.restore()
+        again = wait_until(listener.listening_since, timeout=20, what="a new subscription")
+        assert again > first
+    finally:
+        listener.close()
+        proxy.close()

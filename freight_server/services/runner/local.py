@@ -48,6 +48,7 @@ from freight_server.services.runner.executor import (
     PathStat,
 )
 from freight_server.services.runner.gpus import visible_devices
+from freight_server.services.runner.supervisor import started_at
 
 log = logging.getLogger(__name__)
 
@@ -297,10 +298,10 @@ class LocalExecutor:
         if not recorded:
             return False
         pid, started, *supervisor = recorded
-        if _started_at(int(pid)) == started:
+        if started_at(int(pid)) == started:
             return True
         if len(supervisor) == 2 and self._recorded_exit(container_id) is None:
-            return _started_at(int(supervisor[0])) == supervisor[1]
+            return started_at(int(supervisor[0])) == supervisor[1]
         return False
 
 
@@ -466,18 +467,6 @@ def _signal_group(pid: int, sig: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
-
-
-def _started_at(pid: int) -> str | None:
-    """A live process's start time (in clock ticks since boot), from /proc; None for none, or
-    for a zombie."""
-    try:
-        # The command name, in parentheses, may hold spaces: the fields follow its last ")".
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    state, start_time = fields[0], fields[19]  # stat's 3rd and 22nd fields
-    return None if state == "Z" else start_time
 
 
 def _read_fields(path: Path) -> list[str]:

@@ -47,7 +47,7 @@ def main():
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that a child's end wakes poll
-    me = f"{os.getpid()} {started_at(os.getpid())}"
+    me = f"{os.getpid()} {started_at(os.getpid()) or '-'}"
     replies = Replies(sys.stdout.fileno())
     requests = Requests(sys.stdin.fileno())
     poller = select.poll()
@@ -122,7 +122,7 @@ def start(request, me, replies):
         os.chdir("/")
     os.close(out_write)
     os.close(err_write)
-    record(directory, "pid", f"{pid} {started_at(pid)} {me}")
+    record(directory, "pid", f"{pid} {started_at(pid) or '-'} {me}")
     replies.send({"name": name, "pid": pid})
     return Attempt(name, directory, pid, {out_read: 1, err_read: 2}, output)
 
@@ -189,12 +189,17 @@ def record(directory, name, text):
 
 
 def started_at(pid):
-    """A process's start time (clock ticks since boot), as the runner compares it."""
+    """A live process's start time (in clock ticks since boot), from /proc; None for none, or
+    for a zombie. With its pid it names the process: a pid reused since starts at another time.
+    (The runner's side, local.py, compares them with this same function.)"""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
+            # The command name, in parentheses, may hold spaces: the fields follow its last ")".
+            fields = stat.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return "-"
+        return None
+    state, start_time = fields[0], fields[19]  # stat's 3rd and 22nd fields
+    return None if state == "Z" else start_time
 
 
 class Requests:
