@@ -122,10 +122,21 @@ class StreamConsumer:
             None if dead_letter_retention is None else timedelta(seconds=dead_letter_retention)
         )
         self._tail = tail or start_check_tail(amqp_url, topology)
+        offsets = projection.offsets  # built once: its every batch's last statement
+        self._move_position = (
+            offsets.update()
+            .where(
+                offsets.c.consumer == sa.bindparam("name"),
+                offsets.c.position == sa.bindparam("was"),
+            )
+            .values(position=sa.bindparam("now"))
+        )
         self._position: int | None = None
         self._caught_up = False
         self._next_prune = 0.0
         self._buffer: list[_Delivery] = []
+        self._applied_tag: int | None = None  # the last delivery applied and not yet acked
+        self._unacked = 0
         self.dead_lettered = 0
         self.connected = threading.Event()
 
@@ -154,6 +165,7 @@ class StreamConsumer:
 
     def _consume(self, stop: threading.Event) -> None:
         self._buffer = []
+        self._applied_tag, self._unacked = None, 0  # delivery tags are the channel's own
         self._position = self._stored_position()
         if self._position is None and self._projection.start_at == "first":
             self._position = self._start_from_snapshot()
@@ -186,10 +198,11 @@ class StreamConsumer:
                 if self._buffer:
                     batch, self._buffer = self._buffer, []
                     self._apply(batch)
-                    channel.basic_ack(batch[-1].tag, multiple=True)
+                    self._acknowledge(channel, batch)
                     self._caught_up = len(batch) < self._batch_size
                     self._projection.after_batch(caught_up=self._caught_up)
                 if time.monotonic() >= next_tick:
+                    self._acknowledge(channel, [])
                     self._replay_requested_dead_letters()
                     self._prune_dead_letters()
                     self._projection.tick()
@@ -201,6 +214,20 @@ class StreamConsumer:
                     connection.close()
             except AMQP_ERRORS:
                 pass
+
+    def _acknowledge(self, channel: Any, applied: list[_Delivery]) -> None:
+        """Return the broker its credit for what was applied, once half the prefetch is spent
+        (and at each tick): on a stream an ack only lets more through, since the position that
+        says what was applied is the database's. Each ack is a flush of pika's blocking
+        connection, which cost a tenth of a service's CPU when every small batch sent one."""
+        if applied:
+            self._applied_tag = applied[-1].tag
+            self._unacked += len(applied)
+            if self._unacked < max(1, self._batch_size // 2):
+                return
+        if self._applied_tag is not None and self._unacked:
+            channel.basic_ack(self._applied_tag, multiple=True)
+            self._unacked = 0
 
     def _drain_ready(self, connection: pika.BlockingConnection) -> None:
         """Take what the broker has already sent, up to a batch: pika returns as soon as one
@@ -390,9 +417,7 @@ class StreamConsumer:
                 raise ConcurrencyError(f"{consumer}: offset written by another process") from None
             return
         result = session.execute(
-            table.update()
-            .where(table.c.consumer == consumer, table.c.position == self._position)
-            .values(position=position)
+            self._move_position, {"name": consumer, "was": self._position, "now": position}
         )
         if cast(sa.CursorResult[Any], result).rowcount != 1:
             raise ConcurrencyError(f"{consumer}: offset moved by another process")

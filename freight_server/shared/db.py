@@ -6,7 +6,7 @@ Each service owns its tables, prefixed with its name, so one database can hold a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
 
@@ -150,3 +151,34 @@ def in_slices(values: Sequence[T], size: int = 1000) -> Iterator[Sequence[T]]:
     well over what a database takes as one statement's parameters."""
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def kept_until_committed(
+    session: Session,
+    key: str,
+    committed: Callable[[list[Any]], None],
+    rolled_back: Callable[[], None],
+) -> list[Any]:
+    """A list that lives with the session's transaction: what a projection appends to it is
+    handed to `committed` once the transaction commits, and dropped if it (or any savepoint of
+    it, since which of the items that undid is not known) rolls back, after `rolled_back`. So
+    what a service holds in memory learns only what its database holds."""
+    items: list[Any] | None = session.info.get(key)
+    if items is None:
+        items = session.info[key] = []
+
+        def on_commit(session: Session) -> None:
+            if session.in_nested_transaction():
+                return  # a savepoint released: the transaction may still roll back
+            kept = session.info[key]
+            if kept:
+                committed(list(kept))
+                kept.clear()
+
+        def on_rollback(session: Session) -> None:
+            session.info[key].clear()
+            rolled_back()
+
+        sa.event.listen(session, "after_commit", on_commit)
+        sa.event.listen(session, "after_rollback", on_rollback)
+    return items

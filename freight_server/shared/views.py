@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,12 +38,11 @@ def fold_views(
     job_events = [logged for logged in batch if logged.event.job_id is not None]
     if not job_events:
         return []
-    where = _scoped(table, scope)
-    wanted = {str(event.job_id) for event, _ in job_events}
+    wanted = sorted({str(event.job_id) for event, _ in job_events})
     stored = {
         row.job_id: JobView.from_dict(row.view)
         for row in session.execute(
-            sa.select(table.c.job_id, table.c.view).where(*where, table.c.job_id.in_(wanted))
+            _stored_views(table, tuple(scope or ())), {"ids": wanted, **_scope_values(scope)}
         )
     }
     views: dict[str, JobView] = dict(stored)
@@ -77,14 +77,16 @@ def write_views(
         for c in changes
         if c.before is None
     ]
-    updates = [{"key": c.after.job_id, **columns(c.after)} for c in changes if c.before is not None]
+    where = _scope_values(scope)
+    updates = [
+        {**where, "key": c.after.job_id, **columns(c.after)}
+        for c in changes
+        if c.before is not None
+    ]
     if inserts:
-        session.execute(table.insert(), inserts)
+        session.execute(_insert(table), inserts)
     if updates:
-        session.execute(
-            table.update().where(*_scoped(table, scope), table.c.job_id == sa.bindparam("key")),
-            updates,
-        )
+        session.execute(_update(table, tuple(scope or ())), updates)
 
 
 def view_columns(view: JobView) -> dict[str, Any]:
@@ -97,8 +99,33 @@ def view_columns(view: JobView) -> dict[str, Any]:
     }
 
 
-def _scoped(table: sa.Table, scope: Mapping[str, Any] | None) -> list[sa.ColumnElement[bool]]:
-    return [table.c[name] == value for name, value in (scope or {}).items()]
+# The statements, built once a table (and scope): SQLAlchemy keeps a statement's cache key
+# with it, so one built again for every batch paid for its construction and its key each time.
+
+
+@cache
+def _stored_views(table: sa.Table, scope: tuple[str, ...]) -> sa.Select[Any]:
+    return sa.select(table.c.job_id, table.c.view).where(
+        *_scoped(table, scope), table.c.job_id.in_(sa.bindparam("ids", expanding=True))
+    )
+
+
+@cache
+def _insert(table: sa.Table) -> sa.Insert:
+    return table.insert()
+
+
+@cache
+def _update(table: sa.Table, scope: tuple[str, ...]) -> sa.Update:
+    return table.update().where(*_scoped(table, scope), table.c.job_id == sa.bindparam("key"))
+
+
+def _scoped(table: sa.Table, scope: tuple[str, ...]) -> list[sa.ColumnElement[bool]]:
+    return [table.c[name] == sa.bindparam(f"scope_{name}") for name in scope]
+
+
+def _scope_values(scope: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {f"scope_{name}": value for name, value in (scope or {}).items()}
 
 
 def _none(_change: ViewChange) -> dict[str, Any]:

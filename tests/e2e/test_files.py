@@ -199,8 +199,8 @@ def test_names_put_files_where_they_say_and_outputs_show_what_changed(cluster):
     response = requests.post(
         f"{cluster.url}/jobs",
         data={
-            "command": "mkdir -p out/a/b && cat data/in.txt /opt/deep/x.txt > out/a/b/both.txt"
-            " && rm gone.txt && echo done"
+            "command": "mkdir -p out/a/b empty"
+            " && cat data/in.txt /opt/deep/x.txt > out/a/b/both.txt && rm gone.txt && echo done"
         },
         files=[
             ("file[]", ("data/in.txt", b"relative\n")),
@@ -217,7 +217,9 @@ def test_names_put_files_where_they_say_and_outputs_show_what_changed(cluster):
     assert get_file(cluster, job_id, "/job/data/in.txt").content == b"relative\n"
     assert get_file(cluster, job_id, "/opt/deep/x.txt").content == b"absolute\n"
     assert listing(cluster, job_id, "/job/out/a")["b"]["type"] == "dir"
-    assert set(listing(cluster, job_id, "/job")) >= {"data", "out"}
+    assert set(listing(cluster, job_id, "/job")) >= {"data", "out", "empty"}
+    assert listing(cluster, job_id, "/job")["empty"]["type"] == "dir"
+    assert listing(cluster, job_id, "/job/empty") == {}
     assert "gone.txt" not in listing(cluster, job_id, "/job")
     gone = get_file(cluster, job_id, "/job/gone.txt")
     assert gone.status_code == 404 and gone.json()["error"] == "not_found"

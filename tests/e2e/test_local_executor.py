@@ -252,7 +252,7 @@ def test_local_job_gets_its_files_gpu_and_directory(cluster, tmp_path):
     command = (
         f'test "$CUDA_VISIBLE_DEVICES" = {gpu} || exit 10; '
         f'case "$PWD" in {home}/local-jobs/*/root/job) ;; *) exit 11;; esac; '
-        "tr a-z A-Z < in/a.txt > out.txt; echo done; echo warned >&2"
+        "tr a-z A-Z < in/a.txt > out.txt; mkdir empty; echo done; echo warned >&2"
     )
     with Client(
         cluster.url,
@@ -264,7 +264,9 @@ def test_local_job_gets_its_files_gpu_and_directory(cluster, tmp_path):
         assert (job.status, job.exit_code) == ("COMPLETE", 0), job
         assert client.logs(job.job_id, stream="stdout") == "done\n"
         assert client.logs(job.job_id, stream="stderr") == "warned\n"
-        assert {e.name for e in client.files_ls(job.job_id, "/job")} == {"in", "out.txt"}
+        listed = {e.name: e.type for e in client.files_ls(job.job_id, "/job")}
+        assert listed == {"in": "dir", "out.txt": "file", "empty": "dir"}
+        assert client.files_ls(job.job_id, "/job/empty") == []
         saved = {
             path: client.files_get(job.job_id, path, tmp_path / path.replace("/", "_"))
             for path in ("/job/out.txt", "/.freight/stdout", "/.freight/stderr")

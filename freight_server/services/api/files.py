@@ -50,13 +50,19 @@ def record_outputs(session: Session, event: Event) -> None:
     data = event.data
     job_id, attempt = event.job_id, int(data["attempt"])
     table = schema.job_files
-    session.execute(table.delete().where(table.c.job_id == job_id, table.c.attempt == attempt))
+    session.execute(_FORGET_ATTEMPT, {"job": job_id, "attempt": attempt})
     rows = [_row(job_id, attempt, f, None) for f in data.get("files") or ()]
     for skipped in data.get("skipped") or ():
         rows.append(_row(job_id, attempt, skipped, skipped.get("reason") or "not saved"))
     unique = {row["path_key"]: row for row in rows}
     if unique:
         session.execute(table.insert(), list(unique.values()))
+
+
+_FORGET_ATTEMPT = schema.job_files.delete().where(
+    schema.job_files.c.job_id == sa.bindparam("job"),
+    schema.job_files.c.attempt == sa.bindparam("attempt"),
+)
 
 
 def _row(job_id: Any, attempt: int, entry: Mapping[str, Any], skipped: str | None) -> dict:

@@ -154,9 +154,7 @@ class ApiMetrics:
             views = {
                 row.job_id: JobView.from_dict(row.view)
                 for row in connection.execute(
-                    sa.select(schema.jobs.c.job_id, schema.jobs.c.view).where(
-                        schema.jobs.c.job_id.in_({e.job_id for e in starts})
-                    )
+                    _STARTED, {"ids": sorted({str(e.job_id) for e in starts})}
                 )
             }
         for event in starts:
@@ -168,6 +166,12 @@ class ApiMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Built once: it runs after every batch that started a job.
+_STARTED = sa.select(schema.jobs.c.job_id, schema.jobs.c.view).where(
+    schema.jobs.c.job_id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 @dataclass

@@ -196,25 +196,35 @@ def record_versions(
     gone = _delete_beneath(session, owner, tree.cleared)
     kept = {path: v for path, v in stored.items() if path_key(path) not in gone}
     changed = [v for path, v in tree.current.items() if kept.get(path) != v]
-    table = schema.owner_files
     if inserts := [_row(owner, v) for v in changed if v.path not in kept]:
-        session.execute(table.insert(), inserts)
-    if updates := [{**_row(owner, v), "key": path_key(v.path)} for v in changed if v.path in kept]:
-        session.execute(
-            table.update().where(table.c.owner == owner, table.c.path_key == sa.bindparam("key")),
-            updates,
-        )
+        session.execute(_INSERT, inserts)
+    if updates := [
+        {**_row(owner, v), "who": owner, "key": path_key(v.path)} for v in changed if v.path in kept
+    ]:
+        session.execute(_UPDATE, updates)
+
+
+# Built once: statements built again for every batch cost the projection more than running them.
+_table = schema.owner_files
+_INSERT = _table.insert()
+_UPDATE = _table.update().where(
+    _table.c.owner == sa.bindparam("who"), _table.c.path_key == sa.bindparam("key")
+)
+_STORED = sa.select(_table).where(
+    _table.c.owner == sa.bindparam("who"),
+    _table.c.path_key.in_(sa.bindparam("keys", expanding=True)),
+)
+_OWNERS = sa.select(schema.jobs.c.job_id, schema.jobs.c.owner).where(
+    schema.jobs.c.job_id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 def _stored(
     session: Session | sa.Connection, owner: str, paths: Iterable[str]
 ) -> dict[str, Version]:
-    table = schema.owner_files
     found: dict[str, Version] = {}
     for keys in _chunks([path_key(p) for p in paths]):
-        rows = session.execute(
-            sa.select(table).where(table.c.owner == owner, table.c.path_key.in_(keys))
-        )
+        rows = session.execute(_STORED, {"who": owner, "keys": keys})
         found.update((row.path, version_of(row)) for row in rows)
     return found
 
@@ -306,13 +316,9 @@ def record_owner_files(
 
 
 def _owners(session: Session | sa.Connection, job_ids: set[str]) -> dict[str, str]:
-    jobs = schema.jobs
     owners: dict[str, str] = {}
     for keys in _chunks(sorted(job_ids)):
-        rows = session.execute(
-            sa.select(jobs.c.job_id, jobs.c.owner).where(jobs.c.job_id.in_(keys))
-        )
-        owners.update((row.job_id, row.owner) for row in rows)
+        owners.update((row.job_id, row.owner) for row in session.execute(_OWNERS, {"ids": keys}))
     return owners
 
 

@@ -60,6 +60,9 @@ class ApiProjection:
         # Periodic work of the projector alone: snapshots of the log (snapshots.py), quotas
         # from the tokens file into the log (quotas.py).
         self._chores = chores
+        # Whether a batch may have queued responses since the outbox was last emptied (the
+        # tick looks every second regardless, and at the start).
+        self._outbox_filled = True
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
         """Keep the batch's events, fold its jobs' views (freight_server/shared/views.py), keep the
@@ -83,9 +86,10 @@ class ApiProjection:
         ]
         if finished:
             session.execute(
-                schema.outbox.insert(),
+                _QUEUE_RESPONSE,
                 [{"job_id": view.job_id, "body": job_response(view)} for view in finished],
             )
+            self._outbox_filled = True
 
     @staticmethod
     def _record_events(session: Session, batch: list[Logged]) -> list[Logged]:
@@ -93,13 +97,8 @@ class ApiProjection:
         publisher's retry may put the same event in the log twice)."""
         if not batch:
             return []
-        events = schema.events
         seen = set(
-            session.execute(
-                sa.select(events.c.event_id).where(
-                    events.c.event_id.in_([event.event_id for event, _ in batch])
-                )
-            ).scalars()
+            session.execute(_SEEN, {"ids": [event.event_id for event, _ in batch]}).scalars()
         )
         fresh = []
         for logged in batch:
@@ -108,7 +107,7 @@ class ApiProjection:
                 fresh.append(logged)
         if fresh:
             session.execute(
-                events.insert(),
+                _KEEP_EVENTS,
                 [
                     {
                         "event_id": event.event_id,
@@ -124,7 +123,8 @@ class ApiProjection:
         return fresh
 
     def after_batch(self, caught_up: bool) -> None:
-        self.announce_finished_jobs()
+        if self._outbox_filled:  # else the outbox holds nothing the last look left
+            self.announce_finished_jobs()
 
     def tick(self) -> None:
         self.announce_finished_jobs()
@@ -133,21 +133,20 @@ class ApiProjection:
 
     def announce_finished_jobs(self) -> None:
         """Publish the outbox to `job_response`; a row is deleted only after its confirm."""
+        self._outbox_filled = False
         with self._engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(schema.outbox).order_by(schema.outbox.c.id).limit(500)
-            ).all()
+            rows = connection.execute(_NEXT_RESPONSES).all()
         if not rows:
             return
         try:
             self._publish_routed([self._response_message(r.job_id, r.body) for r in rows])
         except BrokerUnavailable as exc:
             log.warning("job_response not yet published (%s); will retry", exc)
+            self._outbox_filled = True
             return
         with self._engine.begin() as connection:
-            connection.execute(
-                schema.outbox.delete().where(schema.outbox.c.id.in_([r.id for r in rows]))
-            )
+            connection.execute(_RESPONDED, {"ids": [r.id for r in rows]})
+        self._outbox_filled = len(rows) == OUTBOX_BATCH
 
     def _publish_routed(self, messages: list[Message]) -> None:
         """An unroutable response means an operator deleted `job_response`'s queue or binding:
@@ -173,6 +172,32 @@ class ApiProjection:
         )
 
 
+OUTBOX_BATCH = 500  # responses published, and confirmed, together
+
+# Built once: statements built again for every batch cost the projection more than running them.
+_SEEN = sa.select(schema.events.c.event_id).where(
+    schema.events.c.event_id.in_(sa.bindparam("ids", expanding=True))
+)
+_KEEP_EVENTS = schema.events.insert()
+_QUEUE_RESPONSE = schema.outbox.insert()
+_NEXT_RESPONSES = sa.select(schema.outbox).order_by(schema.outbox.c.id).limit(OUTBOX_BATCH)
+_RESPONDED = schema.outbox.delete().where(
+    schema.outbox.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_COUNTED = sa.select(schema.job_counts.c.owner, schema.job_counts.c.status).where(
+    schema.job_counts.c.owner.in_(sa.bindparam("owners", expanding=True))
+)
+_COUNT_MORE = (
+    schema.job_counts.update()
+    .where(
+        schema.job_counts.c.owner == sa.bindparam("o"),
+        schema.job_counts.c.status == sa.bindparam("s"),
+    )
+    .values(jobs=schema.job_counts.c.jobs + sa.bindparam("d"))
+)
+_COUNT_NEW = schema.job_counts.insert()
+
+
 def _job_columns(view: JobView) -> dict[str, Any]:
     return {"status": view.status.value, "view": view.to_dict()}
 
@@ -195,25 +220,13 @@ def _count_jobs(session: Session, changes: Sequence[ViewChange]) -> None:
     deltas = Counter({key: n for key, n in deltas.items() if n})
     if not deltas:
         return
-    counts = schema.job_counts
-    existing = {
-        (row.owner, row.status)
-        for row in session.execute(
-            sa.select(counts.c.owner, counts.c.status).where(
-                counts.c.owner.in_({owner for owner, _ in deltas})
-            )
-        )
-    }
+    owners = sorted({owner for owner, _ in deltas})
+    existing = {(row.owner, row.status) for row in session.execute(_COUNTED, {"owners": owners})}
     rows = [{"o": owner, "s": status, "d": n} for (owner, status), n in deltas.items()]
     if updates := [row for row in rows if (row["o"], row["s"]) in existing]:
-        session.execute(
-            counts.update()
-            .where(counts.c.owner == sa.bindparam("o"), counts.c.status == sa.bindparam("s"))
-            .values(jobs=counts.c.jobs + sa.bindparam("d")),
-            updates,
-        )
+        session.execute(_COUNT_MORE, updates)
     if inserts := [row for row in rows if (row["o"], row["s"]) not in existing]:
         session.execute(
-            counts.insert(),
+            _COUNT_NEW,
             [{"owner": row["o"], "status": row["s"], "jobs": row["d"]} for row in inserts],
         )

@@ -60,6 +60,9 @@ def _totals(ended: Iterable[JobView]) -> dict[str, list[int]]:
     return added
 
 
+_SUMS = ("jobs", "run_ms", "gpu_ms", "cpu_ms")
+
+
 def _run_ms(job: JobView) -> int:
     if job.started_at is None or job.finished_at is None:
         return 0
@@ -69,28 +72,30 @@ def _run_ms(job: JobView) -> int:
 def _add(session: Session | sa.Connection, added: dict[str, list[int]]) -> None:
     if not added:
         return
-    usage = schema.usage
-    known = {
-        row.owner: row
-        for row in session.execute(sa.select(usage).where(usage.c.owner.in_(list(added))))
-    }
-    for owner, (jobs, run, gpu, cpu) in sorted(added.items()):
-        row = known.get(owner)
-        if row is None:
-            session.execute(
-                usage.insert().values(owner=owner, jobs=jobs, run_ms=run, gpu_ms=gpu, cpu_ms=cpu)
-            )
-        else:
-            session.execute(
-                usage.update()
-                .where(usage.c.owner == owner)
-                .values(
-                    jobs=row.jobs + jobs,
-                    run_ms=row.run_ms + run,
-                    gpu_ms=row.gpu_ms + gpu,
-                    cpu_ms=row.cpu_ms + cpu,
-                )
-            )
+    known = {row.owner for row in session.execute(_KNOWN, {"owners": sorted(added)})}
+    if inserts := [
+        {"owner": owner, **dict(zip(_SUMS, sums, strict=True))}
+        for owner, sums in sorted(added.items())
+        if owner not in known
+    ]:
+        session.execute(_INSERT, inserts)
+    if updates := [
+        {"who": owner, **{f"add_{name}": n for name, n in zip(_SUMS, sums, strict=True)}}
+        for owner, sums in sorted(added.items())
+        if owner in known
+    ]:
+        session.execute(_ADD, updates)
+
+
+# Built once: statements built again for every batch cost the projection more than running them.
+_usage = schema.usage
+_KNOWN = sa.select(_usage.c.owner).where(_usage.c.owner.in_(sa.bindparam("owners", expanding=True)))
+_INSERT = _usage.insert()
+_ADD = (
+    _usage.update()
+    .where(_usage.c.owner == sa.bindparam("who"))
+    .values({name: _usage.c[name] + sa.bindparam(f"add_{name}") for name in _SUMS})
+)
 
 
 class UsageSource(Protocol):

@@ -131,6 +131,9 @@ class PathStat:
 class Change:
     path: str
     kind: str  # "changed", "added" or "deleted" since the image
+    # Whether what an added directory holds is listed too, as the engine's diff does; not a
+    # volume's, whose contents the diff never looks into.
+    contents_listed: bool = True
 
 
 CHANGE_KINDS = {0: "changed", 1: "added", 2: "deleted"}
@@ -405,7 +408,7 @@ class DockerExecutor:
         mounts = inspected.get("Mounts") or ()
         volumes = {m["Destination"] for m in mounts if m.get("Type") == "volume"}
         found = [c for c in found if c.path not in volumes]
-        return found + [Change(path, "added") for path in sorted(volumes)]
+        return found + [Change(path, "added", contents_listed=False) for path in sorted(volumes)]
 
     def output(self, container_id: str, stream: str) -> Iterator[bytes]:
         frames = self._call(

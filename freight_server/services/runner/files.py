@@ -328,10 +328,16 @@ class _OutputSaver:
         changes = [c for c in self._changes.result() if not excluded(c.path)]
         self.manifest.deleted = sorted(c.path for c in changes if c.kind == "deleted")
         added = {c.path for c in changes if c.kind == "added"}
+        # An added directory whose contents are listed and hold nothing (the working directory
+        # of a job that wrote nothing) is recorded from its stat, without an archive.
+        holding = {parent_of(path) for path in added}
         for change in sorted(changes, key=lambda c: c.path):
             if change.kind == "deleted" or parent_of(change.path) in added:
                 continue  # an added directory's archive holds everything in it
-            self._save_path(change.path, whole_tree=change.kind == "added")
+            whole_tree = change.kind == "added" and (
+                change.path in holding or not change.contents_listed
+            )
+            self._save_path(change.path, whole_tree=whole_tree)
         self._send_small()
         self._settle_small()
 

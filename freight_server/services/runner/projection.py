@@ -30,7 +30,7 @@ from freight_server.services.runner.gpus import HostResources
 from freight_server.services.runner.housekeeping import Housekeeping
 from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
-from freight_server.shared.db import in_slices
+from freight_server.shared.db import kept_until_committed
 from freight_server.shared.events import EventType
 from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status
 from freight_server.shared.views import fold_views, view_columns, write_views
@@ -38,6 +38,7 @@ from freight_server.shared.views import fold_views, view_columns, write_views
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 30.0  # seconds between looks for orphaned containers
+_TOUCHED = "runner.touched"  # session.info key: the views of ours a transaction changed
 
 
 class RunnerProjection:
@@ -69,33 +70,48 @@ class RunnerProjection:
         self._marker: str | None = None  # our RunnerStarted's id
         self._housekeeping = housekeeping
         self.caught_up = False
-        # Jobs of ours that batches touched since the last reconcile: what the next one looks at.
-        self._touched: set[str] = set()
+        # The committed views of ours that batches changed since the last reconcile: what the
+        # next one acts on. None: a transaction rolled back, so the next looks at every job.
+        self._touched: dict[str, JobView] | None = {}
 
     # -- projection ------------------------------------------------------------------------
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
         if any(event.event_id == self._marker for event, _ in batch):
             self.caught_up = True
-        scope = {"projector": self._ctx.runner_id}
-        changes = fold_views(session, schema.jobs, batch, scope)
-        write_views(session, schema.jobs, changes, view_columns, scope)
+        me = self._ctx.runner_id
+        changes = fold_views(session, schema.jobs, batch, {"projector": me})
+        write_views(session, schema.jobs, changes, view_columns, {"projector": me})
         with self._lock:
             live = {job_id for job_id, _ in self._live}
-        me = self._ctx.runner_id
-        self._touched.update(
-            event.job_id
-            for event, _ in batch
-            if event.job_id is not None and (event.job_id in live or event.data.get("runner") == me)
+        touched = kept_until_committed(session, _TOUCHED, self._learn, self._forget)
+        touched.extend(
+            change.after
+            for change in changes
+            if change.after.runner == me or change.after.job_id in live
         )
+
+    def _learn(self, views: list[JobView]) -> None:
+        if not self.caught_up:
+            self._touched = None  # a replay: the first decisions look at every job
+        elif self._touched is not None:
+            self._touched.update((view.job_id, view) for view in views)
+
+    def _forget(self) -> None:
+        self._touched = None
 
     # -- decisions -------------------------------------------------------------------------
 
     def after_batch(self, caught_up: bool) -> None:
         # Only the jobs a batch assigned us or touched among ours can change what should run
         # here: the others are every other runner's business (the tick reconciles them all).
-        if self.caught_up and self._touched:
-            self.reconcile(touched_only=True)
+        if not self.caught_up:
+            return
+        if self._touched is None:
+            self.reconcile()
+        elif self._touched:
+            self._act_on(list(self._touched.values()))
+            self._touched = {}
 
     def tick(self) -> None:
         if self._marker is None:
@@ -107,10 +123,22 @@ class RunnerProjection:
         if self._housekeeping is not None:
             self._housekeeping.run_if_due()
 
-    def reconcile(self, touched_only: bool = False) -> None:
-        """Make the running attempts match the log: launch what is ours, stop what is not; of
-        every job, or only of those the batches since the last reconcile touched."""
-        touched, self._touched = self._touched, set()
+    def _act_on(self, views: list[JobView]) -> None:
+        """What the batches since the last reconcile changed, as committed: stop the live
+        attempts they no longer want, launch what they assigned us."""
+        changed = {view.job_id: view for view in views}
+        with self._lock:
+            live = [a for a in self._live.values() if a.job.job_id in changed]
+        for attempt in live:
+            self._stop_if_unwanted(attempt, changed[attempt.job.job_id])
+        me = self._ctx.runner_id
+        for view in views:
+            if view.runner == me and view.status in ACTIVE:
+                self._launch(view)
+
+    def reconcile(self) -> None:
+        """Make the running attempts match the log: launch what is ours, stop what is not."""
+        self._touched = {}
         jobs = schema.jobs
         wanted = sa.select(jobs.c.view).where(
             jobs.c.projector == self._ctx.runner_id,
@@ -118,18 +146,9 @@ class RunnerProjection:
             jobs.c.status.in_([s.value for s in ACTIVE]),
         )
         with self._engine.connect() as connection:
-            if not touched_only:
-                assigned = [JobView.from_dict(v) for v in connection.execute(wanted).scalars()]
-            else:
-                assigned = [
-                    JobView.from_dict(view)
-                    for ids in in_slices(sorted(touched))
-                    for view in connection.execute(wanted.where(jobs.c.job_id.in_(ids))).scalars()
-                ]
+            assigned = [JobView.from_dict(v) for v in connection.execute(wanted).scalars()]
             with self._lock:
                 live = list(self._live.values())
-            if touched_only:
-                live = [attempt for attempt in live if attempt.job.job_id in touched]
             current = (
                 {
                     row.job_id: JobView.from_dict(row.view)
@@ -147,7 +166,7 @@ class RunnerProjection:
             self._stop_if_unwanted(attempt, current.get(attempt.job.job_id))
         for job in assigned:
             self._launch(job)
-        if not touched_only and time.monotonic() >= self._next_sweep:
+        if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             self.remove_orphans({job.job_id: job for job in assigned})
 

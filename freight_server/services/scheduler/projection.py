@@ -25,6 +25,7 @@ from freight_server.services.scheduler.placement import (
 )
 from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
+from freight_server.shared.db import kept_until_committed
 from freight_server.shared.events import Event, EventFactory, EventType
 from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status
 from freight_server.shared.views import fold_views, view_columns, write_views
@@ -96,6 +97,9 @@ class SchedulerProjection:
         # it, and again whenever a transaction of this projection's rolled back.
         self._backlog: Backlog | None = None
         self._quotas: dict[str, Quota] | None = None  # the same: the table's, read when needed
+        # The runners not lost and what each reported it has, as the table holds them: read
+        # again after any write to it (a heartbeat, a RunnerLost) rather than on every pass.
+        self._runners: list[tuple[str, dict[str, Any]]] | None = None
         # Queued jobs before `_swept_to` have had their reason checked while every runner was
         # full as in `_swept_runners`: the next sweep of the unexamined tail resumes there.
         self._swept_to = 0
@@ -133,6 +137,7 @@ class SchedulerProjection:
             # count as heard only once the replay is over.
             self._record_heartbeat(session, event, live=self.caught_up)
         elif event.type == EventType.RUNNER_LOST:
+            self._runners = None
             session.execute(
                 schema.runners.update()
                 .where(schema.runners.c.runner_id == event.data["runner"])
@@ -157,8 +162,13 @@ class SchedulerProjection:
         write_views(
             session, schema.jobs, changes, view_columns, created=lambda c: {"position": c.position}
         )
-        # A job's place in the queue is where it was submitted, kept in its row.
-        updated = [c.after.job_id for c in changes if c.before is not None]
+        # A job's place in the queue is where it was submitted, kept in its row; only a job
+        # back in the queue (a retry) needs it (Backlog.record).
+        updated = [
+            c.after.job_id
+            for c in changes
+            if c.before is not None and c.after.status == Status.QUEUED
+        ]
         positions = (
             dict(
                 session.execute(
@@ -172,7 +182,7 @@ class SchedulerProjection:
         )
         # Last, so that a batch that failed to fold leaves nothing behind to remember.
         self._changes(session).extend(
-            (c.after, c.position if c.before is None else positions[c.after.job_id])
+            (c.after, c.position if c.before is None else positions.get(c.after.job_id, c.position))
             for c in changes
         )
 
@@ -181,17 +191,9 @@ class SchedulerProjection:
     def _changes(self, session: Session) -> list[tuple[JobView, int]]:
         """The job views this session's transaction wrote: the in-memory state learns them
         only once the transaction commits, and forgets itself if one rolls back."""
-        changes: list[tuple[JobView, int]] | None = session.info.get(_CHANGES)
-        if changes is None:
-            changes = session.info[_CHANGES] = []
-            sa.event.listen(session, "after_commit", self._committed)
-            sa.event.listen(session, "after_rollback", self._rolled_back)
-        return changes
+        return kept_until_committed(session, _CHANGES, self._committed, self._rolled_back)
 
-    def _committed(self, session: Session) -> None:
-        if session.in_nested_transaction():
-            return  # a savepoint released: the transaction may still roll back
-        changes = session.info[_CHANGES]
+    def _committed(self, changes: list[tuple[JobView, int]]) -> None:
         for job, position in changes:
             if job.status != Status.QUEUED:
                 self._in_flight.pop(job.job_id, None)
@@ -202,14 +204,13 @@ class SchedulerProjection:
                 self._backlog.record(job, position)
                 if job.status == Status.QUEUED and position < self._swept_to:
                     self._swept_to = position  # back in the queue (a retry): check it again
-        changes.clear()
 
-    def _rolled_back(self, session: Session) -> None:
+    def _rolled_back(self) -> None:
         # Even a savepoint's (an event set aside): which of the changes it undid is not known,
         # so the tables are read again before the next placement.
-        session.info[_CHANGES].clear()
         self._backlog = None
         self._quotas = None
+        self._runners = None
 
     def _current_backlog(self) -> Backlog:
         if self._backlog is None:
@@ -251,6 +252,7 @@ class SchedulerProjection:
         if live:
             self._liveness.heard(runner_id)
         values = {"last_seen": event.occurred_at, "capacity": capacity, "lost": False}
+        self._runners = None
         if exists:
             session.execute(
                 runners.update().where(runners.c.runner_id == runner_id).values(**values)
@@ -289,8 +291,7 @@ class SchedulerProjection:
         backlog = self._current_backlog()
         if not len(backlog):
             return
-        with self._engine.connect() as connection:
-            capacity = self._free_capacity(connection, backlog)
+        capacity = self._free_capacity(backlog)
         fair = FairQueue(
             backlog.lanes(),
             usage_by_owner((*backlog.holds(), *self._in_flight.values())),
@@ -385,19 +386,27 @@ class SchedulerProjection:
             return False
         return now - job.created_at >= REASON_DELAY
 
-    def _free_capacity(self, connection: sa.Connection, backlog: Backlog) -> list[RunnerCapacity]:
+    def _free_capacity(self, backlog: Backlog) -> list[RunnerCapacity]:
         """Each live runner's reported capacity, less what its active and in-flight jobs hold."""
-        live = [
-            runner
-            for runner in connection.execute(
-                sa.select(schema.runners).where(schema.runners.c.lost.is_(False))
-            )
-            if self._liveness.can_take_work(runner.runner_id)
-        ]
+        if self._runners is None:
+            runners = schema.runners
+            with self._engine.connect() as connection:
+                self._runners = [
+                    (row.runner_id, row.capacity)
+                    for row in connection.execute(
+                        sa.select(runners.c.runner_id, runners.c.capacity).where(
+                            runners.c.lost.is_(False)
+                        )
+                    )
+                ]
         by_runner: dict[str, list[Placement]] = {}
         for hold in (*backlog.holds(), *self._in_flight.values()):
             by_runner.setdefault(hold.runner_id, []).append(hold)
-        return [_capacity_of(r.runner_id, r.capacity, by_runner.get(r.runner_id, [])) for r in live]
+        return [
+            _capacity_of(runner_id, capacity, by_runner.get(runner_id, []))
+            for runner_id, capacity in self._runners
+            if self._liveness.can_take_work(runner_id)
+        ]
 
     def declare_silent_runners_lost(self) -> None:
         if not self.caught_up:
