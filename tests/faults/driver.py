@@ -189,14 +189,16 @@ class FaultDriver:
 
     def _stall_scheduler_database(self) -> None:
         """Every scheduler table locked by another session, as a stuck migration or a vacuum
-        would: the scheduler waits on its database for longer than its runner deadline."""
+        would: the scheduler waits on its database for longer than its runner deadline. The
+        tables are locked in the order the scheduler's own transactions write them (runners,
+        jobs, then the offset last): in any other, a batch half written deadlocks the stall."""
         engine = sa.create_engine(self.scheduler_database)
         try:
             with engine.connect() as connection:
                 connection.execute(sa.text("SET lock_timeout = '30s'"))
                 connection.execute(
                     sa.text(
-                        "LOCK TABLE scheduler_offsets, scheduler_jobs, scheduler_runners "
+                        "LOCK TABLE scheduler_runners, scheduler_jobs, scheduler_offsets "
                         "IN ACCESS EXCLUSIVE MODE"
                     )
                 )
