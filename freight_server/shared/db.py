@@ -6,7 +6,8 @@ Each service owns its tables, prefixed with its name, so one database can hold a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -182,3 +183,53 @@ def kept_until_committed(
         sa.event.listen(session, "after_commit", on_commit)
         sa.event.listen(session, "after_rollback", on_rollback)
     return items
+
+
+def insert_many(
+    connection: sa.Connection | Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert the rows (each with the first one's keys) with one executemany of the driver's,
+    without SQLAlchemy building every row's parameters, which took twice as long as SQLite's
+    own insert of the 20 000 rows of a job's outputs. A column whose type converts its values
+    (a datetime on SQLite, JSON) has them converted as SQLAlchemy would."""
+    if not rows:
+        return
+    if isinstance(connection, Session):
+        connection = connection.connection()
+    sql, names, converters = _compiled_insert(table, tuple(rows[0]), connection.dialect)
+    if names is None:  # the driver takes named parameters (psycopg)
+        named = [
+            {**row, **{name: convert(row[name]) for name, convert in converters.items()}}
+            for row in rows
+        ]
+        connection.exec_driver_sql(sql, named)
+        return
+    if converters:
+        order = [(name, converters.get(name)) for name in names]
+        positional = [
+            tuple(row[name] if convert is None else convert(row[name]) for name, convert in order)
+            for row in rows
+        ]
+    else:
+        positional = [tuple(row[name] for name in names) for row in rows]
+    connection.exec_driver_sql(sql, positional)
+
+
+@cache
+def _compiled_insert(
+    table: sa.Table, columns: tuple[str, ...], dialect: sa.Dialect
+) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    """The INSERT of these columns in the driver's own SQL, the order its positional
+    parameters take (None: named), and the columns whose values are converted first."""
+    compiled = (
+        table.insert()
+        .values({name: sa.bindparam(name) for name in columns})
+        .compile(dialect=dialect)
+    )
+    converters = {
+        name: convert
+        for name in columns
+        if (convert := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    }
+    names = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return compiled.string, names, converters

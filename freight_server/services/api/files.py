@@ -26,8 +26,15 @@ from freight_server.services.api import schema
 from freight_server.services.api.auth import caller_of
 from freight_server.services.api.errors import ApiError, bad_request, not_found
 from freight_server.services.api.jobs import ApiDeps, find_job
-from freight_server.services.api.owner_files import DELETED, OwnerFiles, Version, path_key
+from freight_server.services.api.owner_files import (
+    DELETED,
+    OwnerFiles,
+    Version,
+    parent_key,
+    path_key,
+)
 from freight_server.shared import filestore_protocol as protocol
+from freight_server.shared.db import insert_many
 from freight_server.shared.events import Event
 from freight_server.shared.job_paths import InvalidPath, parent_of, requested_path
 from freight_server.shared.jobs import JobView, Status
@@ -55,8 +62,7 @@ def record_outputs(session: Session, event: Event) -> None:
     for skipped in data.get("skipped") or ():
         rows.append(_row(job_id, attempt, skipped, skipped.get("reason") or "not saved"))
     unique = {row["path_key"]: row for row in rows}
-    if unique:
-        session.execute(table.insert(), list(unique.values()))
+    insert_many(session, table, list(unique.values()))
 
 
 _FORGET_ATTEMPT = schema.job_files.delete().where(
@@ -71,7 +77,7 @@ def _row(job_id: Any, attempt: int, entry: Mapping[str, Any], skipped: str | Non
         "job_id": job_id,
         "attempt": attempt,
         "path_key": path_key(path),
-        "parent_key": path_key(parent_of(path)),
+        "parent_key": parent_key(path),
         "path": path,
         "name": posixpath.basename(path),
         "type": str(entry.get("type") or "file"),

@@ -27,6 +27,7 @@ import posixpath
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from freight_server.services.api import schema
 from freight_server.shared.consumer import Logged
+from freight_server.shared.db import insert_many
 from freight_server.shared.events import Event, EventType, decode
 from freight_server.shared.job_paths import OUTPUT_DIR, parent_of
 from freight_server.shared.jobs import JobView
@@ -47,6 +49,12 @@ _KEYS_PER_QUERY = 500  # bound the parameters of one IN (...), whatever the data
 def path_key(path: str) -> str:
     """Paths may be 4096 bytes, more than an index entry holds: rows are found by its sha1."""
     return hashlib.sha1(path.encode(errors="surrogateescape")).hexdigest()
+
+
+@lru_cache(maxsize=1024)
+def parent_key(path: str) -> str:
+    """The key of the path's directory: the same for the thousands of files a job wrote in one."""
+    return path_key(parent_of(path))
 
 
 @dataclass(frozen=True)
@@ -194,21 +202,20 @@ def record_versions(
     for version in sorted(versions, key=lambda v: (v.position, v.implied)):
         tree.add(version)
     gone = _delete_beneath(session, owner, tree.cleared)
-    kept = {path: v for path, v in stored.items() if path_key(path) not in gone}
+    kept = {path: v for path, v in stored.items() if not gone or path_key(path) not in gone}
     changed = [v for path, v in tree.current.items() if kept.get(path) != v]
-    if inserts := [_row(owner, v) for v in changed if v.path not in kept]:
-        session.execute(_INSERT, inserts)
-    if updates := [
-        {**_row(owner, v), "who": owner, "key": path_key(v.path)} for v in changed if v.path in kept
-    ]:
-        session.execute(_UPDATE, updates)
+    # A changed row is replaced: deleted and inserted again, with the new ones in one insert
+    # (quicker than an update a row, by half, for the thousands of a job's outputs).
+    for keys in _chunks([path_key(v.path) for v in changed if v.path in kept]):
+        session.execute(_FORGET, {"who": owner, "keys": keys})
+    insert_many(session, schema.owner_files, [_row(owner, v) for v in changed])
 
 
 # Built once: statements built again for every batch cost the projection more than running them.
 _table = schema.owner_files
-_INSERT = _table.insert()
-_UPDATE = _table.update().where(
-    _table.c.owner == sa.bindparam("who"), _table.c.path_key == sa.bindparam("key")
+_FORGET = _table.delete().where(
+    _table.c.owner == sa.bindparam("who"),
+    _table.c.path_key.in_(sa.bindparam("keys", expanding=True)),
 )
 _STORED = sa.select(_table).where(
     _table.c.owner == sa.bindparam("who"),
@@ -257,7 +264,7 @@ def _row(owner: str, version: Version) -> dict[str, Any]:
     return {
         "owner": owner,
         "path_key": path_key(version.path),
-        "parent_key": path_key(parent_of(version.path)),
+        "parent_key": parent_key(version.path),
         "path": version.path,
         "name": version.name,
         "job_id": version.job_id,

@@ -19,7 +19,7 @@ from freight_server.services.filestore import schema
 from freight_server.services.filestore.retention import Retention
 from freight_server.shared.bus import BrokerUnavailable
 from freight_server.shared.consumer import Logged
-from freight_server.shared.db import in_slices
+from freight_server.shared.db import in_slices, insert_many
 from freight_server.shared.events import EventFactory, EventType
 from freight_server.shared.filestore_protocol import EMPTY_DIGEST
 from freight_server.shared.jobs import JobView
@@ -86,8 +86,7 @@ class FilestoreProjection:
                 ).scalars()
             )
         new = [{"job_id": job_id, "digest": digest} for digest in sorted(digests - known)]
-        if new:
-            session.execute(refs.insert(), new)
+        insert_many(session, refs, new)
 
     @staticmethod
     def _end_holds(session: Session, files: Iterable[Mapping[str, Any]]) -> None:

@@ -22,6 +22,7 @@ from freight_server.services.filestore.blobs import (
 from freight_server.services.filestore.logs import LogError, LogStore
 from freight_server.services.filestore.retention import Retention
 from freight_server.shared import filestore_protocol as protocol
+from freight_server.shared.db import insert_many
 from freight_server.shared.filestore_protocol import STREAM_IDS, STREAMS
 from freight_server.shared.rpc import (
     CHUNK,
@@ -143,11 +144,11 @@ class FilestoreServer:
                 for d, size in sizes.items()
                 if d not in known
             ]
-            if new:
-                connection.execute(blobs.insert(), new)
+            insert_many(connection, blobs, new)
             expires = now + self._grace
-            connection.execute(
-                schema.holds.insert(),
+            insert_many(
+                connection,
+                schema.holds,
                 [{"upload": u, "digest": d, "expires_at": expires} for u, d in holds],
             )
             publish()
