@@ -65,6 +65,15 @@ def test_each_event_is_applied_once_across_restarts(settings, topology, engine, 
     assert count(engine, schema.events) == 130
 
 
+def test_a_log_longer_than_the_prefetch_flows_between_ticks(settings, topology, engine, publisher):
+    # The consumer returns the broker its credit once half its prefetch is applied: with no
+    # tick to do it, 300 events still flow through a prefetch of 20.
+    publisher.append(*[submitted(n) for n in range(300)])
+    projection = ApiProjection(engine, publisher, settings.response_exchange)
+    with consuming(settings, topology, engine, projection, batch_size=20, tick_interval=3600):
+        wait_until(lambda: count(engine, schema.jobs) == 300, what="300 jobs projected")
+
+
 def test_poison_message_is_dead_lettered_and_the_consumer_goes_on(
     settings, topology, engine, publisher
 ):
