@@ -1,7 +1,8 @@
 """Consume the event log into a projection, exactly once per event.
 
 A consumer reads the stream from its stored position, applies each batch of events to its
-database and stores the new position in the same transaction, then acks. A crash anywhere
+database and stores the new position in the same transaction; its acks only return the broker
+its credit (`_acknowledge`). A crash anywhere
 replays from the stored position; positions at or below it are skipped, so nothing is applied
 twice or skipped.
 
