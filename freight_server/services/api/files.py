@@ -56,15 +56,15 @@ def record_outputs(session: Session, event: Event) -> None:
     """Apply a JobOutputsSaved: the attempt's manifest replaces any earlier one for it."""
     data = event.data
     job_id, attempt = event.job_id, int(data["attempt"])
-    table = schema.job_files
     session.execute(_FORGET_ATTEMPT, {"job": job_id, "attempt": attempt})
     rows = [_row(job_id, attempt, f, None) for f in data.get("files") or ()]
     for skipped in data.get("skipped") or ():
         rows.append(_row(job_id, attempt, skipped, skipped.get("reason") or "not saved"))
     unique = {row["path_key"]: row for row in rows}
-    insert_many(session, table, list(unique.values()))
+    insert_many(session, schema.job_files, list(unique.values()))
 
 
+# Built once, as the projection's other statements are.
 _FORGET_ATTEMPT = schema.job_files.delete().where(
     schema.job_files.c.job_id == sa.bindparam("job"),
     schema.job_files.c.attempt == sa.bindparam("attempt"),

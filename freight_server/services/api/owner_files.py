@@ -212,14 +212,14 @@ def record_versions(
 
 
 # Built once: statements built again for every batch cost the projection more than running them.
-_table = schema.owner_files
-_FORGET = _table.delete().where(
-    _table.c.owner == sa.bindparam("who"),
-    _table.c.path_key.in_(sa.bindparam("keys", expanding=True)),
+_rows = schema.owner_files
+_FORGET = _rows.delete().where(
+    _rows.c.owner == sa.bindparam("who"),
+    _rows.c.path_key.in_(sa.bindparam("keys", expanding=True)),
 )
-_STORED = sa.select(_table).where(
-    _table.c.owner == sa.bindparam("who"),
-    _table.c.path_key.in_(sa.bindparam("keys", expanding=True)),
+_STORED = sa.select(_rows).where(
+    _rows.c.owner == sa.bindparam("who"),
+    _rows.c.path_key.in_(sa.bindparam("keys", expanding=True)),
 )
 _OWNERS = sa.select(schema.jobs.c.job_id, schema.jobs.c.owner).where(
     schema.jobs.c.job_id.in_(sa.bindparam("ids", expanding=True))
