@@ -14,6 +14,7 @@ STDOUT_PATH = f"{OUTPUT_DIR}/stdout"
 STDERR_PATH = f"{OUTPUT_DIR}/stderr"
 # Kernel file systems mounted over the container's: what is put there is never seen.
 RESERVED = (OUTPUT_DIR, "/proc", "/sys", "/dev")
+_BENEATH_RESERVED = tuple(root + "/" for root in RESERVED)
 
 
 class InvalidPath(ValueError):
@@ -46,7 +47,8 @@ def requested_path(path: str | None) -> str:
 
 
 def is_reserved(path: str) -> bool:
-    return reserved_root(path) is not None
+    # Asked of every path a job saved: one call each, no generator.
+    return path in RESERVED or path.startswith(_BENEATH_RESERVED)
 
 
 def reserved_root(path: str) -> str | None:
