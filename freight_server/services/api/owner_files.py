@@ -25,7 +25,7 @@ import hashlib
 import json
 import posixpath
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from freight_server.services.api import schema
 from freight_server.shared.consumer import Logged
-from freight_server.shared.db import insert_many
+from freight_server.shared.db import in_slices, insert_many
 from freight_server.shared.events import Event, EventType, decode
 from freight_server.shared.job_paths import OUTPUT_DIR, parent_of
 from freight_server.shared.jobs import JobView
@@ -206,7 +206,7 @@ def record_versions(
     changed = [v for path, v in tree.current.items() if kept.get(path) != v]
     # A changed row is replaced: deleted and inserted again, with the new ones in one insert
     # (quicker than an update a row, by half, for the thousands of a job's outputs).
-    for keys in _chunks([path_key(v.path) for v in changed if v.path in kept]):
+    for keys in in_slices([path_key(v.path) for v in changed if v.path in kept], _KEYS_PER_QUERY):
         session.execute(_FORGET, {"who": owner, "keys": keys})
     insert_many(session, schema.owner_files, [_row(owner, v) for v in changed])
 
@@ -230,7 +230,7 @@ def _stored(
     session: Session | sa.Connection, owner: str, paths: Iterable[str]
 ) -> dict[str, Version]:
     found: dict[str, Version] = {}
-    for keys in _chunks([path_key(p) for p in paths]):
+    for keys in in_slices([path_key(p) for p in paths], _KEYS_PER_QUERY):
         rows = session.execute(_STORED, {"who": owner, "keys": keys})
         found.update((row.path, version_of(row)) for row in rows)
     return found
@@ -247,7 +247,7 @@ def _delete_beneath(
         level = [path_key(root)]
         while level:
             below: list[str] = []
-            for keys in _chunks(level):
+            for keys in in_slices(level, _KEYS_PER_QUERY):
                 where = (
                     table.c.owner == owner,
                     table.c.parent_key.in_(keys),
@@ -294,11 +294,6 @@ def version_of(row: Any) -> Version:
     )
 
 
-def _chunks(keys: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        yield keys[start : start + _KEYS_PER_QUERY]
-
-
 # -- the projection's side ----------------------------------------------------------------------
 
 
@@ -324,7 +319,7 @@ def record_owner_files(
 
 def _owners(session: Session | sa.Connection, job_ids: set[str]) -> dict[str, str]:
     owners: dict[str, str] = {}
-    for keys in _chunks(sorted(job_ids)):
+    for keys in in_slices(sorted(job_ids), _KEYS_PER_QUERY):
         owners.update((row.job_id, row.owner) for row in session.execute(_OWNERS, {"ids": keys}))
     return owners
 
@@ -354,7 +349,7 @@ def record_history(connection: sa.Connection, window: int = 5_000) -> None:
         ):
             versions = inputs_of(JobView.from_dict(row.view), row.position)
             by_owner.setdefault(row.owner, []).extend(versions)
-        for ids in _chunks(in_span):
+        for ids in in_slices(in_span, _KEYS_PER_QUERY):
             for row in connection.execute(
                 sa.select(jobs.c.owner, events.c.position, events.c.body)
                 .join(jobs, jobs.c.job_id == events.c.job_id)
