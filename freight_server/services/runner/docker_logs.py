@@ -109,7 +109,7 @@ class _Frames:
             frame = buffer[used + 8 : used + 8 + length]
             used += 8 + length
             space = frame.find(b" ") if self._stamped else -1
-            if self._after is not None and _moment(frame[:space]) <= self._after:
+            if self._after is not None and moment_of(frame[:space]) <= self._after:
                 continue  # logged before what the caller already has
             data = frame[space + 1 :]
             if pending and (kind != stream or len(pending) + len(data) > MAX_PIECE):
@@ -122,10 +122,10 @@ class _Frames:
             yield OutputPiece(stream, bytes(pending), self._moment(stamp))
 
     def _moment(self, stamp: bytes) -> Moment:
-        return _moment(stamp) if self._stamped else (0, 0)
+        return moment_of(stamp) if self._stamped else (0, 0)
 
 
-def _moment(stamp: bytes | bytearray) -> Moment:
+def moment_of(stamp: bytes | bytearray) -> Moment:
     """RFC 3339 with up to nanoseconds ("2026-01-02T03:04:05.123456789Z") as (seconds, ns)."""
     whole, _, rest = bytes(stamp).decode().partition(".")
     fraction = rest.rstrip("Z")

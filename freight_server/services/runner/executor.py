@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import docker
@@ -21,6 +20,7 @@ from docker.transport import UnixHTTPAdapter
 from freight_server.services.runner.docker_logs import (
     Moment,
     OutputPiece,
+    moment_of,
     read_attached,
     read_output,
 )
@@ -607,10 +607,9 @@ class _ResponseArchive:
 
 
 def _unix_seconds(stamp: str | None) -> int | None:
-    """The whole seconds of the engine's RFC 3339 time ("2026-01-02T03:04:05.123456789Z")."""
+    """The whole seconds of the engine's RFC 3339 time; None for its zero time or none."""
     try:
-        whole = (stamp or "").partition(".")[0].rstrip("Z")
-        seconds = int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp())
+        seconds = moment_of((stamp or "").encode())[0]
     except ValueError:
         return None
     return seconds if seconds > 0 else None
