@@ -85,6 +85,49 @@ def test_a_stalled_scheduler_does_not_take_its_own_silence_for_the_runners(world
     assert log.take(EventType.RUNNER_LOST) == []
 
 
+class StallingEars:
+    """Heartbeats heard on their own stream; one pass stalls on its database while it takes
+    them, as the scheduler's did under the fault suite's locked tables."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.heard: list[Event] = []
+        self.stall: timedelta | None = None
+
+    def take(self) -> list[Event]:
+        taken, self.heard = self.heard, []
+        if self.stall is not None:
+            self.clock.now += self.stall
+            self.stall = None
+        return taken
+
+    def listening_since(self) -> float | None:
+        return 0.0
+
+
+def test_a_pass_that_stalls_midway_does_not_take_its_own_silence_for_the_runners(world):
+    _, apply, new_event, log, clock, engine = world
+    ears = StallingEars(clock)
+    projection = SchedulerProjection(
+        engine, log, new_event, DEADLINE, clock, clock.monotonic, heartbeats=ears
+    )
+    projection.announce_start()
+    apply(projection, *log.take())
+
+    def heartbeat() -> None:
+        ears.heard.append(new_event(EventType.RUNNER_HEARTBEAT, None, runner="a", slots=2, gpus=[]))
+
+    for _ in range(3):
+        heartbeat()
+        ticking(projection, clock, 5)
+    ears.stall = timedelta(seconds=2 * DEADLINE)  # the next pass waits on its database
+    ticking(projection, clock, 1)
+    assert log.take(EventType.RUNNER_LOST) == []
+    heartbeat()  # what the runner said meanwhile, heard by the next pass
+    ticking(projection, clock, DEADLINE // 2)
+    assert log.take(EventType.RUNNER_LOST) == []
+
+
 def test_no_runner_is_judged_while_the_scheduler_is_behind_the_log(world):
     projection, apply, new_event, log, clock, engine = world
     apply(projection, new_event(EventType.RUNNER_HEARTBEAT, None, runner="a", slots=2, gpus=[]))

@@ -59,7 +59,9 @@ class Liveness:
 
     def silent(self, runner_ids: Iterable[str]) -> list[str]:
         """Those of `runner_ids` silent past the deadline; none while the scheduler is behind
-        or deaf."""
+        or deaf. Attention is looked at again first: a pass that stalled after its start (its
+        own database waits, in the fault suite while it heard heartbeats) is a gap too."""
+        self.look()
         if self._behind or self._listening_since is None:
             return []
         now = self._monotonic()
