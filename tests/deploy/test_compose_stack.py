@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from freight_server.shared.tokens import add_token
-from tests.e2e.conftest import docker_client, free_port
+from tests.e2e.conftest import docker_client, free_port, remove_containers
 from tests.integration.test_compose import ROOT, compose_tool
 from tests.waiting import wait_until
 
@@ -151,10 +151,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         print(stack.compose("logs", "--tail", "60"))
         raise
     finally:
-        for container in client.containers.list(
-            all=True, filters={"label": f"freight.namespace={name}"}
-        ):
-            container.remove(force=True)
+        remove_containers(client, name)
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "3")
         assert not client.volumes.list(filters={"label": f"com.docker.compose.project={name}"})
 

@@ -306,7 +306,7 @@ def responses(cluster_settings: Settings) -> Iterator[Any]:
 def remove_containers(client: docker.DockerClient, namespace: str) -> None:
     """Every container of the namespace, whether or not a runner is removing it too."""
     for container in client.containers.list(
-        all=True, filters={"label": f"freight.namespace={namespace}"}
+        all=True, filters={"label": f"freight.namespace={namespace}"}, ignore_removed=True
     ):
         try:
             container.remove(force=True)

@@ -45,7 +45,9 @@ def tags() -> Iterator[dict[str, str]]:
     for name in names.values():
         client.images.get(TEST_IMAGE).tag(name)
     yield names
-    for container in client.containers.list(all=True, filters={"label": f"{OWNER}={repository}"}):
+    for container in client.containers.list(
+        all=True, filters={"label": f"{OWNER}={repository}"}, ignore_removed=True
+    ):
         container.remove(force=True)
     for name in names.values():
         with contextlib.suppress(docker.errors.ImageNotFound):

@@ -46,7 +46,10 @@ def test_containers_nothing_owns_are_removed(cluster):
     cluster.restart("runner")
 
     def gone() -> bool:
-        return orphan.id not in {c.id for c in docker_client().containers.list(all=True)}
+        listed = docker_client().containers.list(
+            all=True, filters={"id": orphan.id}, ignore_removed=True
+        )
+        return not listed
 
     wait_until(gone, timeout=30, what="the orphan to be removed")
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from freight_server.shared.config import Settings
 from freight_server.shared.db import create_engine, migrate
 from tests.conftest import _fresh_postgres_database
-from tests.e2e.conftest import Cluster, docker_client, free_port
+from tests.e2e.conftest import Cluster, docker_client, free_port, remove_containers
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.docker
@@ -75,10 +75,7 @@ def scaled(cluster_settings: Settings, shared_database: str, tmp_path: Path) -> 
         yield Scaled(cluster, urls, {k: f"http://{v}" for k, v in metrics.items()})
     finally:
         stop_together(cluster)
-        for container in client.containers.list(
-            all=True, filters={"label": f"freight.namespace={namespace}"}
-        ):
-            container.remove(force=True)
+        remove_containers(client, namespace)
         for log in sorted(logs.glob("*.log")):
             sys.stderr.write(f"--- {log.stem}\n{log.read_text(errors='replace')[-3000:]}\n")
 
