@@ -273,7 +273,7 @@ class DockerExecutor:
     ) -> DockerExecutor:
         try:
             client = docker.from_env(max_pool_size=pool_size)
-            _share_connections(client.api, pool_size)
+            _tune_for_local_socket(client.api, pool_size)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ExecutorError(
@@ -555,13 +555,16 @@ class _SharedPool(UnixHTTPAdapter):  # type: ignore[misc]
         return super().get_connection("http+docker://localhost", proxies)
 
 
-def _share_connections(api: docker.APIClient, pool_size: int) -> None:
+def _tune_for_local_socket(api: docker.APIClient, pool_size: int) -> None:
     adapter = api.adapters.get("http+docker://")
     if isinstance(adapter, UnixHTTPAdapter):  # a TCP engine goes through requests' own pools
         shared = _SharedPool(
             f"http+unix://{adapter.socket_path}", adapter.timeout, max_pool_size=pool_size
         )
         api.mount("http+docker://", shared)
+        # A local socket has no proxy and no netrc, but requests looked both up (the proxy
+        # variables, ~/.netrc) on every call: 9 % of the runner's CPU with Docker's jobs.
+        api.trust_env = False
 
 
 def resource_limits(spec: ContainerSpec) -> dict[str, Any]:
