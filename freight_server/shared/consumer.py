@@ -75,6 +75,11 @@ DATABASE_FAULTS = (
     ConcurrencyError,
 )
 
+# session.info: the stretch of consuming a transaction belongs to, from one start at the stored
+# position to the next (a reconnect, a conflict with another process): memory of what earlier
+# transactions committed holds only within it (shared/views.py ViewCache).
+CONSUMING = "log.consuming"
+
 # How often old dead letters are pruned: they are few, and a day's delay changes nothing.
 PRUNE_INTERVAL = 60.0
 
@@ -133,6 +138,7 @@ class StreamConsumer:
             .values(position=sa.bindparam("now"))
         )
         self._position: int | None = None
+        self._stretch = object()  # CONSUMING: a new one each time the position is read
         self._caught_up = False
         self._next_prune = 0.0
         self._buffer: list[_Delivery] = []
@@ -168,6 +174,7 @@ class StreamConsumer:
         self._buffer = []
         self._applied_tag, self._unacked = None, 0  # delivery tags are the channel's own
         self._position = self._stored_position()
+        self._stretch = object()
         if self._position is None and self._projection.start_at == "first":
             self._position = self._start_from_snapshot()
         start: Any = self._projection.start_at if self._position is None else self._position + 1
@@ -262,6 +269,7 @@ class StreamConsumer:
 
     def _apply_in_one_transaction(self, fresh: list[_Delivery], isolate: bool) -> list[Event]:
         with Session(self._engine) as session, session.begin():
+            session.info[CONSUMING] = self._stretch
             if isolate:
                 applied = self._apply_each_apart(session, fresh)
             else:

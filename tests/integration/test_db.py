@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from freight_server.shared.db import create_engine, insert_many, kept_until_committed
+from freight_server.shared.db import create_engine, execute_many, insert_many, kept_until_committed
 
 metadata = sa.MetaData()
 things = sa.Table(
@@ -62,6 +62,24 @@ def test_insert_many_is_part_of_the_transaction(engine):
         insert_many(connection, things, [{"name": "a", "count": 1}])
         raise RuntimeError("the batch failed")
     assert stored(engine) == []
+
+
+def test_execute_many_updates_each_row_as_sqlalchemy_would(engine):
+    with engine.begin() as connection:
+        insert_many(connection, things, [{"name": n, "count": 0} for n in ("a", "b", "c")])
+    seen = datetime(2026, 11, 29, 12, 30, tzinfo=UTC)
+    update = things.update().where(things.c.name == sa.bindparam("key"))
+    rows = [
+        {"key": "a", "count": 1, "seen_at": seen, "detail": {"n": 1}},
+        {"key": "c", "count": 3, "seen_at": None, "detail": None},
+    ]
+    with Session(engine) as session, session.begin():
+        execute_many(session, update, rows)
+        execute_many(session, update, [])
+    a, b, c = stored(engine)
+    assert (a.count, a.seen_at.replace(tzinfo=UTC), a.detail) == (1, seen, {"n": 1})
+    assert (b.count, b.seen_at, b.detail) == (0, None, None)  # not among the rows: untouched
+    assert (c.count, c.seen_at, c.detail) == (3, None, None)
 
 
 def test_what_is_kept_until_committed_is_learnt_only_at_the_commit(engine):

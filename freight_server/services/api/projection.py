@@ -20,7 +20,7 @@ from freight_server.shared.bus import BrokerUnavailable, Message, Publisher, Unr
 from freight_server.shared.consumer import Logged
 from freight_server.shared.events import EventType
 from freight_server.shared.jobs import JobView
-from freight_server.shared.views import ViewChange, fold_views, write_views
+from freight_server.shared.views import ViewCache, ViewChange, fold_views, write_views
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class ApiProjection:
         # Whether a batch may have queued responses since the outbox was last emptied (the
         # tick looks every second regardless, and at the start).
         self._outbox_filled = True
+        self._views = ViewCache()  # the jobs' views as this projection last committed them
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
         """Keep the batch's events, fold its jobs' views (freight_server/shared/views.py), keep the
@@ -74,7 +75,7 @@ class ApiProjection:
         for event, _ in fresh:
             if event.type == EventType.JOB_OUTPUTS_SAVED:
                 record_outputs(session, event)
-        changes = fold_views(session, schema.jobs, fresh)
+        changes = fold_views(session, schema.jobs, fresh, cache=self._views)
         write_views(session, schema.jobs, changes, _job_columns, created=_job_created)
         record_owner_files(session, fresh, changes)
         record_usage(session, changes)

@@ -23,7 +23,7 @@ from freight_server.shared.db import in_slices, insert_many
 from freight_server.shared.events import EventFactory, EventType
 from freight_server.shared.filestore_protocol import EMPTY_DIGEST
 from freight_server.shared.jobs import JobView
-from freight_server.shared.views import fold_views, write_views
+from freight_server.shared.views import ViewCache, fold_views, write_views
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class FilestoreProjection:
         self._collect_every = collect_every
         self._next_collection = 0.0
         self._marker: str | None = None
+        self._views = ViewCache()  # the jobs' views as this projection last committed them
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
         if any(event.event_id == self._marker for event, _ in batch):
@@ -67,7 +68,8 @@ class FilestoreProjection:
                 continue
             submitted.add(event.job_id)
             self._refer(session, event.job_id, files)
-        write_views(session, schema.jobs, fold_views(session, schema.jobs, batch), _job_columns)
+        changes = fold_views(session, schema.jobs, batch, cache=self._views)
+        write_views(session, schema.jobs, changes, _job_columns)
 
     def _refer(self, session: Session, job_id: str, files: Iterable[Mapping[str, Any]]) -> None:
         """The job refers to these blobs: they are kept for it, and the uploads' holds, having

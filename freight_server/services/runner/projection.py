@@ -33,7 +33,7 @@ from freight_server.shared.consumer import Logged
 from freight_server.shared.db import kept_until_committed
 from freight_server.shared.events import EventType
 from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status
-from freight_server.shared.views import fold_views, view_columns, write_views
+from freight_server.shared.views import ViewCache, fold_views, view_columns, write_views
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class RunnerProjection:
         # The committed views of ours that batches changed since the last reconcile: what the
         # next one acts on. None: a transaction rolled back, so the next looks at every job.
         self._touched: dict[str, JobView] | None = {}
+        self._views = ViewCache()  # our views of the jobs as our batches last committed them
 
     # -- projection ------------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ class RunnerProjection:
         if any(event.event_id == self._marker for event, _ in batch):
             self.caught_up = True
         me = self._ctx.runner_id
-        changes = fold_views(session, schema.jobs, batch, {"projector": me})
+        changes = fold_views(session, schema.jobs, batch, {"projector": me}, self._views)
         write_views(session, schema.jobs, changes, view_columns, {"projector": me})
         with self._lock:
             live = {job_id for job_id, _ in self._live}

@@ -28,7 +28,7 @@ from freight_server.shared.consumer import Logged
 from freight_server.shared.db import kept_until_committed
 from freight_server.shared.events import Event, EventFactory, EventType
 from freight_server.shared.jobs import ACTIVE, JobView, Outcome, Status
-from freight_server.shared.views import fold_views, view_columns, write_views
+from freight_server.shared.views import ViewCache, fold_views, view_columns, write_views
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class SchedulerProjection:
         # Ended jobs are kept this long (FREIGHT_FILE_RETENTION), then pruned; None: kept.
         self._retention = retention
         self._next_prune = 0.0
+        self._views = ViewCache()  # the jobs' views as this projection last committed them
         # Decisions published but not yet read back from the log, counted against capacity.
         self._in_flight: dict[str, Placement] = {}
         # Wait reasons published but perhaps not yet read back: each is told once, on change.
@@ -156,7 +157,7 @@ class SchedulerProjection:
         self._quotas = None  # read again once committed
 
     def _fold_jobs(self, session: Session, batch: Sequence[Logged]) -> None:
-        changes = fold_views(session, schema.jobs, batch)
+        changes = fold_views(session, schema.jobs, batch, cache=self._views)
         if not changes:
             return
         write_views(
