@@ -11,6 +11,7 @@ The API serves these on `/metrics`; the scheduler and the runner on `FREIGHT_MET
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -205,8 +206,12 @@ class EventCounter:
         """A StreamConsumer `on_committed` hook."""
 
         def count(events: Sequence[Event]) -> None:
-            for event in events:
-                self._counter.labels(consumer, producing_service(event.producer), event.type).inc()
+            # Tallied first: a child's look-up and its lock, once a label set and batch.
+            tally = collections.Counter(
+                (producing_service(event.producer), event.type) for event in events
+            )
+            for (service, type), n in tally.items():
+                self._counter.labels(consumer, service, type).inc(n)
 
         return count
 
