@@ -96,10 +96,15 @@ class LocalBlobStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, digest: str) -> Path:
+        return Path(self.location_of(digest))
+
+    def location_of(self, digest: str) -> str:
+        """`path_of` as a string: a batch of small blobs looks up thousands, and pathlib's
+        parsing of each cost more than writing the blob."""
         if not DIGEST.match(digest):
             raise BlobNotFound(f"{digest!r} is not a sha256 digest")
         hexdigest = digest.removeprefix("sha256:")
-        return self._root / "sha256" / hexdigest[:2] / hexdigest
+        return f"{self._root}/sha256/{hexdigest[:2]}/{hexdigest}"
 
     def begin(self) -> LocalBlobWriter:
         return LocalBlobWriter(self, self._tmp / f"upload-{uuid.uuid4().hex}")
@@ -142,7 +147,7 @@ class StagedBlobs:
             for data in blobs:
                 digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
                 self.digests.append(digest)
-                if digest in self._staged or os.path.exists(store.path_of(digest)):
+                if digest in self._staged or os.path.exists(store.location_of(digest)):
                     continue
                 staged = f"{prefix}{len(self._staged)}"
                 fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -154,21 +159,22 @@ class StagedBlobs:
                 finally:
                     os.close(fd)
             if self._staged:
-                _sync_file_system(store.tmp, [Path(p) for p in self._staged.values()])
+                _sync_file_system(store.tmp, list(self._staged.values()))
         except BaseException:
             self.discard()
             raise
 
     def publish(self) -> None:
-        parents: set[Path] = set()
+        parents: set[str] = set()
         for digest, staged in self._staged.items():
-            final = self._store.path_of(digest)
+            final = self._store.location_of(digest)
             if os.path.exists(final):  # stored meanwhile by another upload
                 os.unlink(staged)
                 continue
-            if final.parent not in parents:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                parents.add(final.parent)
+            parent = os.path.dirname(final)
+            if parent not in parents:
+                os.makedirs(parent, exist_ok=True)
+                parents.add(parent)
             os.replace(staged, final)
         if parents:
             _sync_file_system(self._store.tmp, sorted(parents))  # the renames survive a crash
@@ -280,7 +286,7 @@ class LocalBlobReader:
         self._file.close()
 
 
-def _sync_file_system(anywhere: Path, paths: Sequence[Path]) -> None:
+def _sync_file_system(anywhere: Path, paths: Sequence[str | Path]) -> None:
     """Make these files' bytes (or directories' entries) durable: one syncfs(2) of the file
     system they are on where Linux offers it, else an fsync each."""
     if _syncfs is not None:
@@ -306,7 +312,7 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _syncfs = _find_syncfs()
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: str | Path) -> None:
     """A file's bytes, or a directory's entries (a rename must survive a crash too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
