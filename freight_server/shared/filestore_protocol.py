@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 # Requests.
@@ -98,9 +98,18 @@ class FileEntry:
     target: str | None = None  # a symlink's target
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if self.target is None:
-            del out["target"]
+        # Spelt out: `dataclasses.asdict` copies deeply, a tenth of a runner's CPU for a job of
+        # 20 000 outputs.
+        out = {
+            "name": self.name,
+            "path": self.path,
+            "type": self.type,
+            "size": self.size,
+            "mode": self.mode,
+            "modified": self.modified,
+        }
+        if self.target is not None:
+            out["target"] = self.target
         return out
 
 
