@@ -205,21 +205,19 @@ class RunnerProjection:
                 return
         with self._engine.begin() as connection:
             launched = connection.execute(
-                sa.select(schema.attempts.c.finished_at).where(
-                    schema.attempts.c.job_id == job.job_id,
-                    schema.attempts.c.attempt == job.attempt,
-                )
+                _ATTEMPT_FINISHED, {"job": job.job_id, "attempt": job.attempt}
             ).first()
             if launched is not None and launched.finished_at is not None:
                 return
             if launched is None:
                 connection.execute(
-                    schema.attempts.insert().values(
-                        job_id=job.job_id,
-                        attempt=job.attempt,
-                        runner_id=self._ctx.runner_id,
-                        launched_at=self._clock(),
-                    )
+                    _LAUNCHED,
+                    {
+                        "job_id": job.job_id,
+                        "attempt": job.attempt,
+                        "runner_id": self._ctx.runner_id,
+                        "launched_at": self._clock(),
+                    },
                 )
         attempt = Attempt(
             job,
@@ -240,12 +238,8 @@ class RunnerProjection:
         # take it for a container to re-adopt.
         with self._engine.begin() as connection:
             connection.execute(
-                schema.attempts.update()
-                .where(
-                    schema.attempts.c.job_id == attempt.job.job_id,
-                    schema.attempts.c.attempt == attempt.attempt,
-                )
-                .values(finished_at=self._clock())
+                _FINISHED,
+                {"job": attempt.job.job_id, "attempt": attempt.attempt, "at": self._clock()},
             )
         with self._lock:
             self._live.pop((attempt.job.job_id, attempt.attempt), None)
@@ -282,3 +276,19 @@ class RunnerProjection:
             live = list(self._live.values())
         for attempt in live:
             attempt.control.request_stop(Outcome.CANCELLED, reason)
+
+
+# An attempt's record, its statements built once (every job's launch and end runs them).
+_ATTEMPT_FINISHED = sa.select(schema.attempts.c.finished_at).where(
+    schema.attempts.c.job_id == sa.bindparam("job"),
+    schema.attempts.c.attempt == sa.bindparam("attempt"),
+)
+_LAUNCHED = schema.attempts.insert()
+_FINISHED = (
+    schema.attempts.update()
+    .where(
+        schema.attempts.c.job_id == sa.bindparam("job"),
+        schema.attempts.c.attempt == sa.bindparam("attempt"),
+    )
+    .values(finished_at=sa.bindparam("at"))
+)
