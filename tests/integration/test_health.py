@@ -155,8 +155,13 @@ def test_metrics_tell_jobs_queue_runners_latency_rates_and_dead_letters(api, set
     assert metric(api, "freight_runner_slots_used", runner="gpu-1") == 1
     assert metric(api, "freight_runner_gpus", runner="gpu-1") == 2
     assert metric(api, "freight_runner_gpus_used", runner="gpu-1") == 1
-    assert metric(api, "freight_job_start_latency_seconds_count") == 1
     applied = "freight_events_applied_total"
+    # Counted once the batch committed, a moment after its rows can be read.
+    wait_until(
+        lambda: metric(api, applied, consumer="api", service="runner", type="JobStarted") == 1,
+        what="the committed events counted",
+    )
+    assert metric(api, "freight_job_start_latency_seconds_count") == 1
     assert metric(api, applied, consumer="api", service="api", type="JobSubmitted") == 2
     assert metric(api, applied, consumer="api", service="runner", type="JobStarted") == 1
     assert metric(api, applied, consumer="api", service="scheduler", type="JobAssigned") == 1
