@@ -308,7 +308,10 @@ def record_owner_files(
                 inputs_of(change.after, change.position)
             )
     saved = [(e, p) for e, p in fresh if e.type == EventType.JOB_OUTPUTS_SAVED and e.job_id]
-    owners = _owners(session, {str(event.job_id) for event, _ in saved})
+    # A job's owner never changes: the batch's own views tell most (a job's outputs come with
+    # its end), the table the rest.
+    owners = {c.after.job_id: c.after.owner for c in changes}
+    owners |= _owners(session, {str(event.job_id) for event, _ in saved} - owners.keys())
     for event, position in saved:
         owner = owners.get(str(event.job_id))
         if owner is not None:  # outputs of a job never submitted belong to nobody
