@@ -21,6 +21,20 @@ def test_document_example_runs_to_complete(cluster, responses):
     assert message["status"] == "COMPLETE" and message["exit_code"] == 0
 
 
+def test_a_runner_is_free_again_once_its_jobs_end(cluster):
+    """What ended holds nothing: `GET /runners` shows every slot free and no job running."""
+    for command in ("true", "exit 3"):
+        job_id = cluster.submit(command)["job_id"]
+        cluster.wait_for_status(job_id, "COMPLETE" if command == "true" else "FAILED")
+
+    def free() -> bool:
+        listed = requests.get(f"{cluster.url}/runners", timeout=10).json()["results"]
+        mine = [r for r in listed if r["runner_id"] == cluster.settings.runner_id]
+        return bool(mine) and mine[0]["slots_free"] == mine[0]["slots"] and not mine[0]["jobs"]
+
+    wait_until(free, timeout=10, what="the runner to report its slots free")
+
+
 def test_gpus_are_echoed_when_asked_for(cluster):
     created = cluster.submit("true", gpus="0")
     assert created["gpus"] == 0

@@ -31,6 +31,7 @@ from tests.e2e.conftest import docker_client
 
 # The same lifecycle checks the Docker runner passes, collected here against a local runner.
 from tests.e2e.test_lifecycle import (  # noqa: F401
+    test_a_runner_is_free_again_once_its_jobs_end,
     test_cancel_a_running_job,
     test_document_example_runs_to_complete,
     test_failing_command_fails_with_its_exit_code,

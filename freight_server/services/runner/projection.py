@@ -205,7 +205,7 @@ class RunnerProjection:
                 return
         with self._engine.begin() as connection:
             launched = connection.execute(
-                _ATTEMPT_FINISHED, {"job": job.job_id, "attempt": job.attempt}
+                _ATTEMPT_FINISHED, {"job": job.job_id, "number": job.attempt}
             ).first()
             if launched is not None and launched.finished_at is not None:
                 return
@@ -239,7 +239,7 @@ class RunnerProjection:
         with self._engine.begin() as connection:
             connection.execute(
                 _FINISHED,
-                {"job": attempt.job.job_id, "attempt": attempt.attempt, "at": self._clock()},
+                {"job": attempt.job.job_id, "number": attempt.attempt, "at": self._clock()},
             )
         with self._lock:
             self._live.pop((attempt.job.job_id, attempt.attempt), None)
@@ -278,17 +278,18 @@ class RunnerProjection:
             attempt.control.request_stop(Outcome.CANCELLED, reason)
 
 
-# An attempt's record, its statements built once (every job's launch and end runs them).
+# An attempt's record, its statements built once (every job's launch and end runs them). An
+# UPDATE's parameters must not be named as its columns are.
 _ATTEMPT_FINISHED = sa.select(schema.attempts.c.finished_at).where(
     schema.attempts.c.job_id == sa.bindparam("job"),
-    schema.attempts.c.attempt == sa.bindparam("attempt"),
+    schema.attempts.c.attempt == sa.bindparam("number"),
 )
 _LAUNCHED = schema.attempts.insert()
 _FINISHED = (
     schema.attempts.update()
     .where(
         schema.attempts.c.job_id == sa.bindparam("job"),
-        schema.attempts.c.attempt == sa.bindparam("attempt"),
+        schema.attempts.c.attempt == sa.bindparam("number"),
     )
     .values(finished_at=sa.bindparam("at"))
 )
