@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import requests
 
 from tests.waiting import wait_until
@@ -22,15 +24,23 @@ def test_document_example_runs_to_complete(cluster, responses):
 
 
 def test_a_runner_is_free_again_once_its_jobs_end(cluster):
-    """What ended holds nothing: `GET /runners` shows every slot free and no job running."""
+    """What ended holds nothing: `GET /runners` shows every slot free and no job running, in a
+    heartbeat sent after the jobs ended (one from before they started would show that too)."""
+    ended = []
     for command in ("true", "exit 3"):
         job_id = cluster.submit(command)["job_id"]
-        cluster.wait_for_status(job_id, "COMPLETE" if command == "true" else "FAILED")
+        job = cluster.wait_for_status(job_id, "COMPLETE" if command == "true" else "FAILED")
+        ended.append(datetime.fromisoformat(job["finished_at"]))
 
     def free() -> bool:
         listed = requests.get(f"{cluster.url}/runners", timeout=10).json()["results"]
         mine = [r for r in listed if r["runner_id"] == cluster.settings.runner_id]
-        return bool(mine) and mine[0]["slots_free"] == mine[0]["slots"] and not mine[0]["jobs"]
+        return (
+            bool(mine)
+            and datetime.fromisoformat(mine[0]["last_heartbeat"]) > max(ended)
+            and mine[0]["slots_free"] == mine[0]["slots"]
+            and not mine[0]["jobs"]
+        )
 
     wait_until(free, timeout=10, what="the runner to report its slots free")
 
