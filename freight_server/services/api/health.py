@@ -27,8 +27,8 @@ from freight_server.services.api import schema
 from freight_server.services.api.errors import ApiError
 from freight_server.services.api.runners import RunnerUse, as_utc
 from freight_server.shared.config import ConfigError
-from freight_server.shared.events import Event, utcnow
-from freight_server.shared.jobs import Status
+from freight_server.shared.events import Event, EventType, utcnow
+from freight_server.shared.jobs import JobView, Status
 from freight_server.shared.metrics import BrokerUnreachable, EventCounter, ProjectionCollector
 
 log = logging.getLogger(__name__)
@@ -139,16 +139,39 @@ class ApiMetrics:
         self.registry.register(collector)
 
     def committed(self, events: Sequence[Event]) -> None:
-        """The projection's `on_committed` hook: runs once per batch, after its commit."""
+        """The projection's `on_committed` hook: runs once per batch, after its commit. The
+        events are counted last, so that a count seen means the rest is observed too."""
+        starts = [e for e in events if e.type == EventType.JOB_STARTED and e.job_id]
+        if starts:
+            try:
+                self._observe_starts(starts)
+            except Exception:  # a figure lost must never stop the projection
+                log.exception("start latency of %d jobs not observed", len(starts))
         self._count_events(events)
 
-    def started(self, waited: list[float]) -> None:
-        """The projection's `on_started`: seconds each job waited from submission to start."""
-        for seconds in waited:
-            self._start_latency.observe(seconds)
+    def _observe_starts(self, starts: list[Event]) -> None:
+        with self._engine.connect() as connection:
+            views = {
+                row.job_id: JobView.from_dict(row.view)
+                for row in connection.execute(
+                    _STARTED, {"ids": sorted({str(e.job_id) for e in starts})}
+                )
+            }
+        for event in starts:
+            view = views.get(str(event.job_id))
+            # Only a start the fold accepted (not a superseded attempt's) is the job's start.
+            if view is not None and view.started_at == event.occurred_at:
+                waited = (event.occurred_at - view.created_at).total_seconds()
+                self._start_latency.observe(max(0.0, waited))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Built once: it runs after every batch that started a job.
+_STARTED = sa.select(schema.jobs.c.job_id, schema.jobs.c.view).where(
+    schema.jobs.c.job_id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 @dataclass

@@ -49,13 +49,11 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
     engine = create_engine(settings.database_url_for("api"))
     topology = Topology.from_settings(settings)
     publisher = Publisher(settings.amqp_url, topology, "api", settings.publish_timeout)
-    metrics = ApiMetrics(engine, ApiProjection.consumer, settings.runner_deadline)
     projection = RunnerBoard(
         ApiProjection(
             engine,
             publisher,
             settings.response_exchange,
-            on_started=metrics.started,
             chores=[
                 SnapshotTaker(
                     engine,
@@ -71,6 +69,7 @@ def build(settings: Settings, stop: threading.Event) -> falcon.App:
         engine,
         HeartbeatListener(settings.amqp_url, topology, "api"),
     )
+    metrics = ApiMetrics(engine, projection.consumer, settings.runner_deadline)
     consumer = StreamConsumer(
         settings.amqp_url,
         topology,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import pika
@@ -18,7 +18,6 @@ from freight_server.services.api.owner_files import record_owner_files
 from freight_server.services.api.usage import record_usage
 from freight_server.shared.bus import BrokerUnavailable, Message, Publisher, Unroutable
 from freight_server.shared.consumer import Logged
-from freight_server.shared.db import kept_until_committed
 from freight_server.shared.events import EventType
 from freight_server.shared.jobs import JobView
 from freight_server.shared.views import ViewCache, ViewChange, fold_views, write_views
@@ -54,7 +53,6 @@ class ApiProjection:
         publisher: Publisher,
         response_exchange: str,
         chores: Sequence[Chore] = (),
-        on_started: Callable[[list[float]], None] | None = None,
     ):
         self._engine = engine
         self._publisher = publisher
@@ -66,9 +64,6 @@ class ApiProjection:
         # tick looks every second regardless, and at the start).
         self._outbox_filled = True
         self._views = ViewCache()  # the jobs' views as this projection last committed them
-        # Told, once committed, the seconds each job started in a batch waited since its
-        # submission (the metrics' start latency).
-        self._on_started = on_started
 
     def apply_batch(self, session: Session, batch: Sequence[Logged]) -> None:
         """Keep the batch's events, fold its jobs' views (freight_server/shared/views.py), keep the
@@ -85,16 +80,6 @@ class ApiProjection:
         record_owner_files(session, fresh, changes)
         record_usage(session, changes)
         _count_jobs(session, changes)
-        if self._on_started is not None:
-            waited = [
-                (c.after.started_at - c.after.created_at).total_seconds()
-                for c in changes
-                if c.after.started_at is not None
-                and (c.before is None or c.before.started_at != c.after.started_at)
-            ]
-            if waited:
-                started = kept_until_committed(session, _STARTED, self._on_started, _nothing)
-                started.extend(max(0.0, seconds) for seconds in waited)
         finished = [
             c.after
             for c in changes
@@ -191,13 +176,6 @@ class ApiProjection:
 OUTBOX_BATCH = 500  # responses published, and confirmed, together
 
 # Built once: statements built again for every batch cost the projection more than running them.
-_STARTED = "api.started"  # session.info: the batch's starts, for `on_started` at commit
-
-
-def _nothing() -> None:
-    pass  # a rolled-back batch's starts are dropped: it is applied again
-
-
 _SEEN = sa.select(schema.events.c.event_id).where(
     schema.events.c.event_id.in_(sa.bindparam("ids", expanding=True))
 )

@@ -102,10 +102,7 @@ class FilestoreProjection:
         ids = {e.job_id for e, _ in batch if e.job_id and e.type == EventType.JOB_SUBMITTED}
         if not ids:
             return set()
-        jobs = schema.jobs
-        return set(
-            session.execute(sa.select(jobs.c.job_id).where(jobs.c.job_id.in_(ids))).scalars()
-        )
+        return set(session.execute(_KNOWN, {"ids": sorted(ids)}).scalars())
 
     def after_batch(self, caught_up: bool) -> None:
         pass
@@ -134,3 +131,9 @@ def _job_columns(view: JobView) -> dict[str, Any]:
         "ended_at": view.finished_at if view.status.is_terminal else None,
         "view": view.to_dict(),
     }
+
+
+# Built once: every batch with a submission runs it.
+_KNOWN = sa.select(schema.jobs.c.job_id).where(
+    schema.jobs.c.job_id.in_(sa.bindparam("ids", expanding=True))
+)

@@ -163,29 +163,35 @@ class SchedulerProjection:
         write_views(
             session, schema.jobs, changes, view_columns, created=lambda c: {"position": c.position}
         )
-        # A job's place in the queue is where it was submitted, kept in its row; only a job
-        # back in the queue (a retry) needs it (Backlog.record).
-        updated = [
-            c.after.job_id
-            for c in changes
-            if c.before is not None and c.after.status == Status.QUEUED
-        ]
-        positions = (
-            dict(
-                session.execute(
-                    sa.select(schema.jobs.c.job_id, schema.jobs.c.position).where(
-                        schema.jobs.c.job_id.in_(updated)
-                    )
-                ).all()
-            )
-            if updated
-            else {}
+        # A job's place in the queue is where it was submitted, kept in its row: Backlog.record
+        # needs it for a job already known and still (or again) queued.
+        positions = self._queue_positions(
+            session,
+            [
+                c.after.job_id
+                for c in changes
+                if c.before is not None and c.after.status == Status.QUEUED
+            ],
         )
         # Last, so that a batch that failed to fold leaves nothing behind to remember.
         self._changes(session).extend(
             (c.after, c.position if c.before is None else positions.get(c.after.job_id, c.position))
             for c in changes
         )
+
+    def _queue_positions(self, session: Session, job_ids: list[str]) -> dict[str, int]:
+        """Where these jobs' rows place them: the backlog knows a job it holds queued (one
+        told why it waits, say); the table tells the rest (a retry, back in the queue)."""
+        backlog = self._backlog
+        positions = {
+            job_id: backlog.position_of(job_id)
+            for job_id in job_ids
+            if backlog is not None and job_id in backlog
+        }
+        rest = [job_id for job_id in job_ids if job_id not in positions]
+        if rest:
+            positions.update(session.execute(_POSITIONS, {"ids": rest}).tuples())
+        return positions
 
     # -- what the committed tables hold, in memory --------------------------------------------
 
@@ -525,3 +531,9 @@ def _capacity_of(
         used_cpus=sum(h.cpus for h in holds),
         used_memory_mb=sum(h.memory_mb for h in holds),
     )
+
+
+# Built once: a batch that puts known jobs back in the queue reads where their rows are.
+_POSITIONS = sa.select(schema.jobs.c.job_id, schema.jobs.c.position).where(
+    schema.jobs.c.job_id.in_(sa.bindparam("ids", expanding=True))
+)
