@@ -185,3 +185,31 @@ def test_a_young_job_is_told_later_and_not_skipped(world):
     clock.now += timedelta(seconds=2)
     projection.place_queued_jobs()
     assert [e.job_id for e in log.take()] == ["late"]
+
+
+def test_a_job_retried_after_its_runner_is_lost_is_placed_again_in_its_place(world):
+    """Back in the queue, it keeps the place it was submitted in: ahead of what came later."""
+    projection, apply, new_event, log, clock, engine = world
+    first, second = (
+        new_event(EventType.JOB_SUBMITTED, f"job-{i}", command="x", image="b", max_attempts=2)
+        for i in range(2)
+    )
+    apply(projection, heartbeat(new_event, slots=1), first, second)
+    projection.place_queued_jobs()
+    [assigned] = log.take(EventType.JOB_ASSIGNED)
+    assert assigned.job_id == "job-0"
+    apply(projection, assigned)
+
+    lost = new_event(
+        EventType.JOB_FINISHED,
+        "job-0",
+        attempt=1,
+        runner="a",
+        outcome=Outcome.LOST.value,
+        exit_code=None,
+        reason="runner lost",
+    )
+    apply(projection, lost)
+    projection.place_queued_jobs()
+    [again] = log.take(EventType.JOB_ASSIGNED)
+    assert (again.job_id, again.data["attempt"]) == ("job-0", 2)

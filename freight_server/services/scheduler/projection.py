@@ -190,7 +190,9 @@ class SchedulerProjection:
         }
         rest = [job_id for job_id in job_ids if job_id not in positions]
         if rest:
-            positions.update(session.execute(_POSITIONS, {"ids": rest}).tuples())
+            positions.update(
+                (row.job_id, row.position) for row in session.execute(_POSITIONS, {"ids": rest})
+            )
         return positions
 
     # -- what the committed tables hold, in memory --------------------------------------------
