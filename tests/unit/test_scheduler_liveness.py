@@ -105,14 +105,21 @@ class StallingEars:
         return 0.0
 
 
-def test_a_pass_that_stalls_midway_does_not_take_its_own_silence_for_the_runners(world):
+def hearing(world, ears) -> SchedulerProjection:
+    """A started scheduler of the world that hears heartbeats through `ears`."""
     _, apply, new_event, log, clock, engine = world
-    ears = StallingEars(clock)
     projection = SchedulerProjection(
         engine, log, new_event, DEADLINE, clock, clock.monotonic, heartbeats=ears
     )
     projection.announce_start()
     apply(projection, *log.take())
+    return projection
+
+
+def test_a_pass_that_stalls_midway_does_not_take_its_own_silence_for_the_runners(world):
+    _, _, new_event, log, clock, _ = world
+    ears = StallingEars(clock)
+    projection = hearing(world, ears)
 
     def heartbeat() -> None:
         ears.heard.append(new_event(EventType.RUNNER_HEARTBEAT, None, runner="a", slots=2, gpus=[]))
@@ -156,13 +163,9 @@ class Ears:
 
 
 def test_no_runner_is_judged_while_its_heartbeats_cannot_be_heard(world):
-    _, apply, new_event, log, clock, engine = world
+    _, _, new_event, log, clock, _ = world
     ears = Ears(clock)
-    projection = SchedulerProjection(
-        engine, log, new_event, DEADLINE, clock, clock.monotonic, heartbeats=ears
-    )
-    projection.announce_start()
-    apply(projection, *log.take())
+    projection = hearing(world, ears)
     ears.heard.append(new_event(EventType.RUNNER_HEARTBEAT, None, runner="a", slots=2, gpus=[]))
     ticking(projection, clock, 5)
 
