@@ -23,7 +23,9 @@ MIB = 1024 * 1024
 def stored_blobs(cluster) -> list[Path]:
     """What the filestore keeps on disk (its directory, looked at only by the test)."""
     root = cluster.settings.home / "blobs"
-    return sorted((root / "sha256").glob("*/*")) + sorted((root / "tmp").glob("*"))
+    return sorted(
+        [*(root / "sha256").glob("*/*"), *(root / "packs").glob("*"), *(root / "tmp").glob("*")]
+    )
 
 
 def all_jobs(cluster) -> int:

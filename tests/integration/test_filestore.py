@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,6 +74,21 @@ def partial_files(settings: Settings) -> list[Path]:
     return sorted((settings.home / "blobs" / "tmp").iterdir())
 
 
+def pack_files(settings: Settings) -> list[Path]:
+    return sorted((settings.home / "blobs" / "packs").iterdir())
+
+
+def stored_rows(settings: Settings) -> list[tuple[str, str | None]]:
+    """Each blob the filestore recorded, with its pack."""
+    engine = create_engine(settings.database_url_for("filestore"))
+    try:
+        with engine.connect() as connection:
+            query = sa.select(schema.blobs.c.digest, schema.blobs.c.pack)
+            return [(row.digest, row.pack) for row in connection.execute(query)]
+    finally:
+        engine.dispose()
+
+
 def pieces(data: bytes, size: int) -> Iterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
@@ -99,17 +116,39 @@ def test_an_empty_file_is_a_blob_too(filestore, client):
         assert b"".join(download) == b""
 
 
-def test_small_blobs_go_in_together_each_stored_once_and_held(filestore, client, store_settings):
+def test_small_blobs_go_in_together_in_one_pack_each_stored_once_and_held(
+    filestore, client, store_settings
+):
     blobs = [b"one", os.urandom(100_000), b"", b"one"]
     stored = client.upload_many(blobs)
 
     assert [s.digest for s in stored] == [f"sha256:{hashlib.sha256(b).hexdigest()}" for b in blobs]
     assert [s.size for s in stored] == [len(b) for b in blobs]
     assert len({s.upload for s in stored}) == 4  # each its own hold, as one upload each
-    assert len(blob_files(store_settings)) == 3 and partial_files(store_settings) == []
+    assert blob_files(store_settings) == [] and partial_files(store_settings) == []
+    (pack,) = pack_files(store_settings)
+    assert pack.stat().st_size == 3 + 100_000  # "one" once
+    assert sorted(stored_rows(store_settings)) == sorted(
+        (digest, pack.name) for digest in {s.digest for s in stored}
+    )
     for blob, saved in zip(blobs, stored, strict=True):
         with client.download(saved.digest) as download:
+            assert download.head["size"] == len(blob)
             assert b"".join(download) == blob
+
+    # Sent again with one new blob: only that one is recorded, in a pack of its own; a pack of
+    # nothing new is not kept.
+    again = client.upload_many([b"one", b"two"])
+    assert [s.digest for s in again] == [stored[0].digest, _digest(b"two")]
+    assert len(pack_files(store_settings)) == 2
+    assert client.upload_many([b"one", b"two"])[1].digest == _digest(b"two")
+    assert len(pack_files(store_settings)) == 2 and partial_files(store_settings) == []
+    with client.download(again[1].digest) as download:
+        assert b"".join(download) == b"two"
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 def test_a_job_that_printed_nothing_refers_to_bytes_never_stored(filestore, client):
@@ -187,7 +226,7 @@ def test_local_store_keeps_bytes_sent_again_once(tmp_path):
         writer = store.begin()
         writer.write(b"abc")
         writer.seal(digest, 3)
-        writer.publish()
+        writer.publish({digest})
         writer.discard()
 
     put()
@@ -200,7 +239,7 @@ def test_local_store_keeps_bytes_sent_again_once(tmp_path):
     writer.write(b"abc")
     writer.seal(digest, 3)
     store.delete(digest)
-    writer.publish()
+    writer.publish({digest})
     writer.discard()
     reader = store.open(digest)
     assert b"".join(reader.chunks(2)) == b"abc"
@@ -273,6 +312,44 @@ class TestRetention:
             )
         finally:
             engine.dispose()
+
+    def test_a_pack_goes_with_the_last_of_its_blobs(self, filestore, client, store_settings, log):
+        new_event = EventFactory("test")
+        output, orphan = client.upload_many([b"an output", b"nobody's"])
+        (pack,) = pack_files(store_settings)
+        saved = {"path": "/job/out", "digest": output.digest, "size": output.size}
+        log.append(
+            new_event(EventType.JOB_SUBMITTED, "job-2", command="true", image="x"),
+            new_event(EventType.JOB_ASSIGNED, "job-2", runner="r", attempt=1, gpus=[]),
+            new_event(EventType.JOB_OUTPUTS_SAVED, "job-2", attempt=1, files=[saved]),
+        )
+        # The orphan's hold expires and it goes; the pack stays for the output.
+        wait_until(
+            lambda: [digest for digest, _ in stored_rows(store_settings)] == [output.digest],
+            what="the orphan to go",
+        )
+        assert pack_files(store_settings) == [pack]
+        with client.download(output.digest) as download:
+            assert b"".join(download) == b"an output"
+        with pytest.raises(RemoteError):
+            client.download(orphan.digest)
+
+        log.append(new_event(EventType.JOB_FINISHED, "job-2", attempt=1, outcome="succeeded"))
+        wait_until(lambda: pack_files(store_settings) == [], what="the pack to go")
+        assert stored_rows(store_settings) == []
+
+
+def test_a_pack_never_recorded_goes_at_start_and_a_recorded_one_stays(store_settings, client):
+    with contextmanager(start_filestore)(store_settings):
+        (stored,) = client.upload_many([b"kept"])
+    (recorded,) = pack_files(store_settings)
+    # A pack written in place by a filestore that died before recording its blobs:
+    recorded.with_name(uuid.uuid4().hex).write_bytes(b"lost")
+
+    with contextmanager(start_filestore)(store_settings):
+        assert pack_files(store_settings) == [recorded]
+        with client.download(stored.digest) as download:
+            assert b"".join(download) == b"kept"
 
 
 def _count_rows(engine: sa.Engine, table: sa.Table) -> int:

@@ -1,21 +1,23 @@
 """Where the bytes live: content-addressed blobs behind a small interface.
 
 A blob is named by the sha256 of its bytes ("sha256:<hex>"), so the same bytes are stored once.
+A blob is stored alone, or, when small blobs come together (a job's many small outputs), in a
+pack with the others: its place is then the pack and an offset, which the caller records.
 LocalBlobStore keeps them under a directory; an object store can implement the same protocols.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from freight_server.shared.filestore_protocol import DIGEST, EMPTY_DIGEST
 
@@ -25,11 +27,20 @@ from freight_server.shared.filestore_protocol import DIGEST, EMPTY_DIGEST
 SYNC_STEP = 16 * 1024 * 1024
 # Bytes are hashed and written a piece at a time, each while it is still in the CPU's cache.
 PIECE_BYTES = 1024 * 1024
+_PACK = re.compile(r"[0-9a-f]{32}")
 _background_syncs = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-sync")
 
 
 class BlobNotFound(LookupError):
     pass
+
+
+class Packed(NamedTuple):
+    """Where a blob stored in a pack lies."""
+
+    pack: str
+    offset: int
+    size: int
 
 
 class BlobMismatch(ValueError):
@@ -45,8 +56,12 @@ class BlobWriter(Protocol):
     def seal(self, digest: str, size: int) -> None:
         """Check the bytes against `digest` and `size` (BlobMismatch); durable once published."""
 
-    def publish(self) -> None:
-        """Make the sealed bytes readable under their digest (a no-op if already there)."""
+    def place_of(self, digest: str, size: int) -> Packed | None:
+        """None: a blob stored alone."""
+
+    def publish(self, kept: Collection[str]) -> None:
+        """Make the sealed bytes readable under their digest if it is among `kept` (the blobs
+        recorded as stored now), and not already there."""
 
     def discard(self) -> None: ...
 
@@ -60,11 +75,14 @@ class BlobReader(Protocol):
 
 
 class BlobBatch(Protocol):
-    """Small blobs stored together: durable once made, readable once published."""
+    """Small blobs stored together in one pack: durable once made, readable once published."""
 
     digests: list[str]  # one a blob, in their order
 
-    def publish(self) -> None: ...
+    def place_of(self, digest: str, size: int) -> Packed: ...
+
+    def publish(self, kept: Collection[str]) -> None:
+        """Make the pack readable if it holds any of `kept`."""
 
     def discard(self) -> None: ...
 
@@ -75,20 +93,29 @@ class BlobStore(Protocol):
     def stage(self, blobs: Sequence[bytes]) -> BlobBatch:
         """Hash and write these small blobs, durably; publish() makes them readable."""
 
-    def open(self, digest: str) -> BlobReader:
-        """Raises BlobNotFound."""
+    def open(self, digest: str, packed: Packed | None = None) -> BlobReader:
+        """The blob stored alone, or where it is `packed`; raises BlobNotFound."""
 
     def delete(self, digest: str) -> None:
-        """Idempotent."""
+        """A blob stored alone; idempotent."""
+
+    def delete_pack(self, pack: str) -> None:
+        """A pack none of whose blobs is kept any more; idempotent."""
+
+    def pack_names(self) -> list[str]:
+        """Every pack stored."""
 
 
 class LocalBlobStore:
-    """`<root>/sha256/ab/abcdef...`, written to `<root>/tmp/` first: temp file, fsync, rename."""
+    """`<root>/sha256/ab/abcdef...` a blob stored alone, `<root>/packs/<id>` a pack; each
+    written to `<root>/tmp/` first: temporary file, fsync, rename."""
 
     def __init__(self, root: Path):
         self._root = root
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self.packs = root / "packs"
+        self.packs.mkdir(exist_ok=True)
 
     def discard_partial_uploads(self) -> None:
         """At start-up: uploads in progress died with the previous process."""
@@ -109,82 +136,94 @@ class LocalBlobStore:
     def begin(self) -> LocalBlobWriter:
         return LocalBlobWriter(self, self._tmp / f"upload-{uuid.uuid4().hex}")
 
-    def stage(self, blobs: Sequence[bytes]) -> StagedBlobs:
-        return StagedBlobs(self, blobs)
+    def pack_location(self, pack: str) -> str:
+        if not _PACK.match(pack):
+            raise BlobNotFound(f"{pack!r} is not a pack")
+        return f"{self.packs}/{pack}"
+
+    def stage(self, blobs: Sequence[bytes]) -> StagedPack:
+        return StagedPack(self, blobs)
 
     @property
     def tmp(self) -> Path:
         return self._tmp
 
-    def open(self, digest: str) -> LocalBlobReader:
+    def open(self, digest: str, packed: Packed | None = None) -> LocalBlobReader:
+        if digest == EMPTY_DIGEST:  # no bytes: there, stored or not (a job's empty stdout)
+            return LocalBlobReader(open(os.devnull, "rb"), 0)  # noqa: SIM115
         try:
-            return LocalBlobReader(open(self.path_of(digest), "rb"))  # noqa: SIM115
+            if packed is None:
+                file = open(self.location_of(digest), "rb")  # noqa: SIM115
+                return LocalBlobReader(file, os.fstat(file.fileno()).st_size)
+            file = open(self.pack_location(packed.pack), "rb")  # noqa: SIM115
         except FileNotFoundError:
-            if digest == EMPTY_DIGEST:  # no bytes: there, stored or not (a job's empty stdout)
-                return LocalBlobReader(open(os.devnull, "rb"))  # noqa: SIM115
             raise BlobNotFound(f"no blob {digest}") from None
+        file.seek(packed.offset)
+        return LocalBlobReader(file, packed.size)
 
     def delete(self, digest: str) -> None:
-        self.path_of(digest).unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(self.location_of(digest))
 
-    def digests(self) -> Iterator[str]:
-        for path in (self._root / "sha256").glob("*/*"):
-            yield f"sha256:{path.name}"
+    def delete_pack(self, pack: str) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(self.pack_location(pack))
+
+    def pack_names(self) -> list[str]:
+        return [name for name in os.listdir(self.packs) if _PACK.match(name)]
 
 
-class StagedBlobs:
-    """Small blobs written together (`LocalBlobStore.stage`): hashed, written to temporary files
-    and made durable with one sync of the file system, not one fsync each; `publish` renames
-    them into place (the caller holds the retention lock), `discard` drops what is left."""
+class StagedPack:
+    """Small blobs written together (`LocalBlobStore.stage`) as one pack: their bytes one after
+    another in one temporary file, made durable with one fdatasync; no file, rename or
+    directory entry of their own. `publish` moves the pack into place if any of its blobs is to
+    be kept (the caller holds the retention lock); `discard` drops what is left. A blob already
+    stored is written again (a pack is never patched), and left there unrecorded: its bytes go
+    with the pack."""
 
     def __init__(self, store: LocalBlobStore, blobs: Sequence[bytes]):
         self._store = store
+        self.pack = uuid.uuid4().hex
         self.digests: list[str] = []
-        # digest → its temporary file, if not stored yet (plain strings: thousands a batch)
-        self._staged: dict[str, str] = {}
-        prefix = os.path.join(store.tmp, f"batch-{uuid.uuid4().hex}-")
+        self.offsets: dict[str, int] = {}  # digest → where its bytes begin in the pack
+        self._staged: str | None = os.path.join(store.tmp, f"pack-{self.pack}")
+        offset, pieces = 0, []
+        for data in blobs:
+            digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+            self.digests.append(digest)
+            if digest not in self.offsets:
+                self.offsets[digest] = offset
+                offset += len(data)
+                pieces.append(data)
         try:
-            for data in blobs:
-                digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-                self.digests.append(digest)
-                if digest in self._staged or os.path.exists(store.location_of(digest)):
-                    continue
-                staged = f"{prefix}{len(self._staged)}"
-                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                self._staged[digest] = staged
-                try:
-                    with memoryview(data) as left:
-                        while left:
-                            left = left[os.write(fd, left) :]
-                finally:
-                    os.close(fd)
-            if self._staged:
-                _sync_file_system(store.tmp, list(self._staged.values()))
+            fd = os.open(self._staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                with memoryview(b"".join(pieces)) as left:
+                    while left:
+                        left = left[os.write(fd, left) :]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
         except BaseException:
             self.discard()
             raise
 
-    def publish(self) -> None:
-        parents: set[str] = set()
-        for digest, staged in self._staged.items():
-            final = self._store.location_of(digest)
-            if os.path.exists(final):  # stored meanwhile by another upload
-                os.unlink(staged)
-                continue
-            parent = os.path.dirname(final)
-            if parent not in parents:
-                os.makedirs(parent, exist_ok=True)
-                parents.add(parent)
-            os.replace(staged, final)
-        if parents:
-            _sync_file_system(self._store.tmp, sorted(parents))  # the renames survive a crash
-        self._staged.clear()
+    def place_of(self, digest: str, size: int) -> Packed:
+        return Packed(self.pack, self.offsets[digest], size)
+
+    def publish(self, kept: Collection[str]) -> None:
+        """Into place, if any of `kept` (the blobs recorded as stored here) is in the pack."""
+        if self._staged is None or not any(digest in self.offsets for digest in kept):
+            return
+        os.replace(self._staged, self._store.pack_location(self.pack))
+        self._staged = None
+        _fsync(self._store.packs)  # the rename survives a crash
 
     def discard(self) -> None:
-        for staged in self._staged.values():
+        if self._staged is not None:
             with suppress(FileNotFoundError):
-                os.unlink(staged)
-        self._staged.clear()
+                os.unlink(self._staged)
+            self._staged = None
 
 
 class LocalBlobWriter:
@@ -251,10 +290,13 @@ class LocalBlobWriter:
         self._file = None
         self._digest = actual
 
-    def publish(self) -> None:
+    def place_of(self, digest: str, size: int) -> None:
+        return None
+
+    def publish(self, kept: Collection[str]) -> None:
         assert self._digest is not None, "publish before seal"
         final = self._store.path_of(self._digest)
-        if final.exists():
+        if self._digest not in kept or final.exists():
             # The same bytes are already stored: this copy goes before the upload is answered.
             self._path.unlink(missing_ok=True)
             return
@@ -274,42 +316,23 @@ class LocalBlobWriter:
 
 
 class LocalBlobReader:
-    def __init__(self, file: BinaryIO):
+    """`size` bytes from where the file stands: a blob's own file, or its place in a pack."""
+
+    def __init__(self, file: BinaryIO, size: int):
         self._file = file
-        self.size = os.fstat(file.fileno()).st_size
+        self.size = size
 
     def chunks(self, size: int) -> Iterator[bytes]:
-        while chunk := self._file.read(size):
+        left = self.size
+        while left > 0:
+            chunk = self._file.read(min(size, left))
+            if not chunk:
+                raise OSError(f"{self._file.name}: {left} of its bytes are missing")
+            left -= len(chunk)
             yield chunk
 
     def close(self) -> None:
         self._file.close()
-
-
-def _sync_file_system(anywhere: Path, paths: Sequence[str | Path]) -> None:
-    """Make these files' bytes (or directories' entries) durable: one syncfs(2) of the file
-    system they are on where Linux offers it, else an fsync each."""
-    if _syncfs is not None:
-        fd = os.open(anywhere, os.O_RDONLY)
-        try:
-            if _syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    for path in paths:
-        _fsync(path)
-
-
-def _find_syncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    return syncfs
-
-
-_syncfs = _find_syncfs()
 
 
 def _fsync(path: str | Path) -> None:

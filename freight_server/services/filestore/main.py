@@ -58,6 +58,8 @@ def build(settings: Settings) -> Filestore:
         timedelta(seconds=settings.file_retention),
         clock=utcnow,
     )
+    if orphans := retention.delete_orphan_packs():
+        log.warning("deleted %d packs whose blobs were never recorded (a crash)", orphans)
     server = FilestoreServer(
         store, logs, engine, retention, timedelta(seconds=settings.upload_grace), clock=utcnow
     )

@@ -1,7 +1,7 @@
 """When a blob may go: no upload holds it any more, and every job that refers to it ended more than
 FREIGHT_FILE_RETENTION ago. Deciding and deleting happen under the store's lock, so an upload
-committing the same bytes at that moment either keeps the blob or stores it afresh. A job's logs
-go at the same age."""
+committing the same bytes at that moment either keeps the blob or stores it afresh. A pack goes
+with the last of its blobs. A job's logs go at the same age."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from freight_server.services.filestore import schema
 from freight_server.services.filestore.blobs import BlobStore
 from freight_server.services.filestore.logs import LogStore
+from freight_server.shared.db import in_slices
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,17 @@ class Retention:
             with self.lock, self._engine.begin() as connection:
                 now = self._clock()
                 doomed = collectable(connection, now, now - self._retention, digests)
-                for digest in doomed:
-                    self._store.delete(digest)
+                packs = {pack for _, pack in doomed if pack is not None}
+                for digest, pack in doomed:
+                    if pack is None:
+                        self._store.delete(digest)
                 if doomed:
                     connection.execute(
-                        schema.blobs.delete().where(schema.blobs.c.digest.in_(doomed))
+                        schema.blobs.delete().where(
+                            schema.blobs.c.digest.in_([digest for digest, _ in doomed])
+                        )
                     )
+                self._delete_emptied(connection, packs)
                 connection.execute(schema.holds.delete().where(schema.holds.c.expires_at <= now))
             deleted += len(doomed)
             if len(doomed) < BATCH:
@@ -65,6 +71,38 @@ class Retention:
         if digests is None:
             self._collect_logs()
         return deleted
+
+    def _delete_emptied(self, connection: sa.Connection, packs: Collection[str]) -> None:
+        """Of these packs, delete those none of whose blobs is left."""
+        if not packs:
+            return
+        blobs = schema.blobs
+        left = set(
+            connection.execute(
+                sa.select(blobs.c.pack).distinct().where(blobs.c.pack.in_(list(packs)))
+            ).scalars()
+        )
+        for pack in set(packs) - left:
+            self._store.delete_pack(pack)
+
+    def delete_orphan_packs(self) -> int:
+        """At start-up: packs written in place whose blobs were never recorded (the process
+        died between the two). Returns how many went."""
+        with self.lock, self._engine.connect() as connection:
+            on_disk = self._store.pack_names()
+            recorded: set[str] = set()
+            for some in in_slices(on_disk):
+                recorded.update(
+                    connection.execute(
+                        sa.select(schema.blobs.c.pack)
+                        .distinct()
+                        .where(schema.blobs.c.pack.in_(some))
+                    ).scalars()
+                )
+        orphans = set(on_disk) - recorded
+        for pack in orphans:
+            self._store.delete_pack(pack)
+        return len(orphans)
 
     def _collect_logs(self) -> None:
         jobs = schema.jobs
@@ -107,7 +145,8 @@ def collectable(
     now: datetime,
     ended_before: datetime,
     digests: Collection[str] | None = None,
-) -> list[str]:
+) -> list[tuple[str, str | None]]:
+    """Blobs that may go, each with its pack if it is in one."""
     blobs, holds, refs, jobs = schema.blobs, schema.holds, schema.refs, schema.jobs
     held = sa.exists().where(holds.c.digest == blobs.c.digest, holds.c.expires_at > now)
     needed = sa.exists().where(
@@ -115,7 +154,7 @@ def collectable(
         jobs.c.job_id == refs.c.job_id,
         sa.or_(jobs.c.ended_at.is_(None), jobs.c.ended_at > ended_before),
     )
-    query = sa.select(blobs.c.digest).where(~held, ~needed)
+    query = sa.select(blobs.c.digest, blobs.c.pack).where(~held, ~needed)
     if digests is not None:
         query = query.where(blobs.c.digest.in_(list(digests)))
-    return list(connection.execute(query.limit(BATCH)).scalars())
+    return [(row.digest, row.pack) for row in connection.execute(query.limit(BATCH))]

@@ -14,6 +14,10 @@ blobs = sa.Table(
     sa.Column("digest", sa.String(71), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
+    # A blob stored in a pack (small blobs that came together): which one, and where in it.
+    sa.Column("pack", sa.String(32), nullable=True),
+    sa.Column("pack_offset", sa.BigInteger, nullable=True),
+    sa.Index("filestore_blobs_pack", "pack"),  # a pack goes once none of its blobs is left
 )
 
 # An upload holds its blob until `expires_at` (FREIGHT_UPLOAD_GRACE): by then the job that uses

@@ -14,15 +14,17 @@ import sqlalchemy as sa
 
 from freight_server.services.filestore import schema
 from freight_server.services.filestore.blobs import (
+    BlobBatch,
     BlobMismatch,
     BlobNotFound,
     BlobStore,
     BlobWriter,
+    Packed,
 )
 from freight_server.services.filestore.logs import LogError, LogStore
 from freight_server.services.filestore.retention import Retention
 from freight_server.shared import filestore_protocol as protocol
-from freight_server.shared.db import insert_many
+from freight_server.shared.db import in_slices, insert_many
 from freight_server.shared.filestore_protocol import STREAM_IDS, STREAMS
 from freight_server.shared.rpc import (
     CHUNK,
@@ -121,37 +123,38 @@ class FilestoreServer:
         except BlobMismatch as exc:
             conversation.fail(protocol.MISMATCH, str(exc))
             return
-        self._keep(writer.publish, {digest: size}, [(conversation.id, digest)])
+        self._keep(writer, {digest: size}, [(conversation.id, digest)])
         conversation.send(
             protocol.COMMITTED, data={"digest": digest, "size": size, "upload": conversation.id}
         )
 
     def _keep(
-        self, publish: Callable[[], None], sizes: Mapping[str, int], holds: list[tuple[str, str]]
+        self,
+        staged: BlobWriter | BlobBatch,
+        sizes: Mapping[str, int],
+        holds: list[tuple[str, str]],
     ) -> None:
-        """Record the blobs (digest → size) and the uploads' holds (upload, digest), then make
-        the blobs readable (`publish`), all under the lock retention deletes under: a blob
-        cannot be collected between the two."""
-        now, blobs = self._clock(), schema.blobs
+        """Record the staged blobs (digest → size) not stored yet, where they will lie, and the
+        uploads' holds (upload, digest), then make the new blobs readable, all under the lock
+        retention deletes under: a blob cannot be collected between the two."""
+        now = self._clock()
         with self._retention.lock, self._engine.begin() as connection:
-            known = set(
-                connection.execute(
-                    sa.select(blobs.c.digest).where(blobs.c.digest.in_(list(sizes)))
-                ).scalars()
-            )
+            known: set[str] = set()
+            for some in in_slices(list(sizes)):
+                known.update(connection.execute(_STORED, {"digests": some}).scalars())
             new = [
-                {"digest": d, "size": size, "stored_at": now}
-                for d, size in sizes.items()
-                if d not in known
+                _blob_row(digest, size, now, staged.place_of(digest, size))
+                for digest, size in sizes.items()
+                if digest not in known
             ]
-            insert_many(connection, blobs, new)
+            insert_many(connection, schema.blobs, new)
             expires = now + self._grace
             insert_many(
                 connection,
                 schema.holds,
                 [{"upload": u, "digest": d, "expires_at": expires} for u, d in holds],
             )
-            publish()
+            staged.publish({row["digest"] for row in new})
 
     def put_many(self, request: Envelope, conversation: Conversation) -> None:
         """Small blobs in one request: one sync for their bytes, one transaction for their
@@ -176,7 +179,8 @@ class FilestoreServer:
         try:
             sizes = {d: len(b) for d, b in zip(staged.digests, blobs, strict=True)}
             uploads = [uuid.uuid4().hex for _ in blobs]
-            self._keep(staged.publish, sizes, list(zip(uploads, staged.digests, strict=True)))
+            holds = list(zip(uploads, staged.digests, strict=True))
+            self._keep(staged, sizes, holds)
         finally:
             staged.discard()
         stored = [
@@ -190,7 +194,7 @@ class FilestoreServer:
         digest = str(asked.get("digest"))
         window = min(int(asked.get("window") or WINDOW), WINDOW)
         try:
-            reader = self._store.open(digest)
+            reader = self._store.open(digest, self._packed(digest))
         except BlobNotFound:
             conversation.fail(protocol.NOT_FOUND, f"the filestore has no blob {digest}")
             return
@@ -199,6 +203,14 @@ class FilestoreServer:
             send_stream(conversation, head, reader.chunks(CHUNK_BYTES), window)
         finally:
             reader.close()
+
+    def _packed(self, digest: str) -> Packed | None:
+        """Where the blob lies in its pack, if it is in one."""
+        with self._engine.connect() as connection:
+            row = connection.execute(_PLACE, {"digest": digest}).first()
+        if row is None or row.pack is None:
+            return None
+        return Packed(row.pack, row.pack_offset, row.size)
 
     def release(self, request: Envelope, conversation: Conversation) -> None:
         uploads = [str(u) for u in request.json().get("uploads") or ()]
@@ -249,7 +261,7 @@ class FilestoreServer:
                 digest, size = writer.written()
                 writer.seal(digest, size)
                 upload = uuid.uuid4().hex
-                self._keep(writer.publish, {digest: size}, [(upload, digest)])
+                self._keep(writer, {digest: size}, [(upload, digest)])
                 saved[STREAMS[number]] = {"digest": digest, "size": size, "upload": upload}
         finally:
             for writer in writers.values():
@@ -269,6 +281,16 @@ class FilestoreServer:
         return handle
 
 
+def _blob_row(digest: str, size: int, now: datetime, place: Packed | None) -> dict[str, Any]:
+    return {
+        "digest": digest,
+        "size": size,
+        "stored_at": now,
+        "pack": place.pack if place else None,
+        "pack_offset": place.offset if place else None,
+    }
+
+
 def _log_of(fields: Mapping[str, Any]) -> tuple[str, int]:
     return str(fields["job_id"]), int(fields["attempt"])
 
@@ -276,3 +298,12 @@ def _log_of(fields: Mapping[str, Any]) -> tuple[str, int]:
 def _streams(asked: Mapping[str, Any]) -> set[int]:
     names = asked.get("streams") or list(STREAM_IDS)
     return {STREAM_IDS[name] for name in names}
+
+
+# Built once: every put and get runs one.
+_STORED = sa.select(schema.blobs.c.digest).where(
+    schema.blobs.c.digest.in_(sa.bindparam("digests", expanding=True))
+)
+_PLACE = sa.select(schema.blobs.c.size, schema.blobs.c.pack, schema.blobs.c.pack_offset).where(
+    schema.blobs.c.digest == sa.bindparam("digest")
+)

@@ -1,0 +1,27 @@
+"""Small blobs stored together in packs: a blob's pack and its offset there.
+
+Revision ID: filestore_0004
+Revises: filestore_0003
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "filestore_0004"
+down_revision = "filestore_0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("filestore_blobs") as batch:
+        batch.add_column(sa.Column("pack", sa.String(32), nullable=True))
+        batch.add_column(sa.Column("pack_offset", sa.BigInteger, nullable=True))
+    op.create_index("filestore_blobs_pack", "filestore_blobs", ["pack"])
+
+
+def downgrade() -> None:
+    op.drop_index("filestore_blobs_pack", "filestore_blobs")
+    with op.batch_alter_table("filestore_blobs") as batch:
+        batch.drop_column("pack_offset")
+        batch.drop_column("pack")
