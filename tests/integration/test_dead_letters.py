@@ -61,14 +61,15 @@ class Poison:
 POISONS = {
     # PostgreSQL: DataError (StringDataRightTruncation) from api_jobs.job_id, a String(36).
     "too long a job id": Poison([], submitted("j" * 100), applies_on_sqlite=True),
-    # PostgreSQL: DataError (bigint out of range); SQLite: OverflowError from the driver.
+    # PostgreSQL: DataError (bigint out of range); SQLite: OverflowError from the driver, both
+    # from the owner's files.
     "a number out of range": Poison(
-        [], outputs_saved("job-big", files=[{"path": "out", "size": 2**70}])
+        [submitted("job-big")], outputs_saved("job-big", files=[{"path": "/out", "size": 2**70}])
     ),
     # MalformedEvent: the envelope refuses a time without its zone (folds compare times).
     "a naive timestamp": Poison([heartbeat("r1")], heartbeat("r1", naive=True)),
     # AttributeError: a list of strings where entries are objects.
-    "an odd shape": Poison([], outputs_saved("job-odd", skipped=["out"])),
+    "an odd shape": Poison([submitted("job-odd")], outputs_saved("job-odd", skipped=["out"])),
     # ValueError: an outcome from a newer producer.
     "an unknown outcome": Poison(
         [

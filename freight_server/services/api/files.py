@@ -3,10 +3,10 @@ document's `GET /files?path=/abs`.
 
 A file answers with its bytes, streamed; a directory with its top-level entries. With a job, while
 it runs they are read live from its container, through its runner; once it has ended, from what
-its runner saved (JobOutputsSaved, kept in `api_job_files`) and the filestore's blobs. Without
-one, from the newest version saved by any of the caller's jobs (`api_owner_files`, see
-freight_server/services/api/owner_files.py). Nothing here touches a disk: every byte comes over
-RabbitMQ.
+its runner saved (its JobOutputsSaved, see freight_server/services/api/saved_files.py) and the
+filestore's blobs. Without one, from the newest version saved by any of the caller's jobs
+(`api_owner_files`, see freight_server/services/api/owner_files.py). Nothing here touches a
+disk: every byte comes over RabbitMQ.
 """
 
 from __future__ import annotations
@@ -15,27 +15,19 @@ import logging
 import mimetypes
 import posixpath
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import falcon
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
-from freight_server.services.api import schema
 from freight_server.services.api.auth import caller_of
 from freight_server.services.api.errors import ApiError, bad_request, not_found
 from freight_server.services.api.jobs import ApiDeps, find_job
 from freight_server.services.api.owner_files import (
     DELETED,
-    OwnerFiles,
     Version,
-    parent_key,
-    path_key,
 )
 from freight_server.shared import filestore_protocol as protocol
-from freight_server.shared.db import insert_many
-from freight_server.shared.events import Event
 from freight_server.shared.job_paths import InvalidPath, parent_of, requested_path
 from freight_server.shared.jobs import JobView, Status
 from freight_server.shared.rpc import IncomingStream, RemoteError, TransferError
@@ -47,94 +39,6 @@ MAX_SYMLINK_HOPS = 8
 SETTLE_SECONDS = 10.0
 # Names the job whose version of a path `GET /files` without `job_id` served.
 JOB_HEADER = "X-Freight-Job-Id"
-
-
-# -- the projection's side: what each attempt saved --------------------------------------------
-
-
-def record_outputs(session: Session, event: Event) -> None:
-    """Apply a JobOutputsSaved: the attempt's manifest replaces any earlier one for it."""
-    data = event.data
-    job_id, attempt = event.job_id, int(data["attempt"])
-    session.execute(_FORGET_ATTEMPT, {"job": job_id, "attempt": attempt})
-    rows = [_row(job_id, attempt, f, None) for f in data.get("files") or ()]
-    for skipped in data.get("skipped") or ():
-        rows.append(_row(job_id, attempt, skipped, skipped.get("reason") or "not saved"))
-    unique = {row["path_key"]: row for row in rows}
-    insert_many(session, schema.job_files, list(unique.values()))
-
-
-# Built once, as the projection's other statements are.
-_FORGET_ATTEMPT = schema.job_files.delete().where(
-    schema.job_files.c.job_id == sa.bindparam("job"),
-    schema.job_files.c.attempt == sa.bindparam("attempt"),
-)
-
-
-def _row(job_id: Any, attempt: int, entry: Mapping[str, Any], skipped: str | None) -> dict:
-    path = str(entry["path"])
-    return {
-        "job_id": job_id,
-        "attempt": attempt,
-        "path_key": path_key(path),
-        "parent_key": parent_key(path),
-        "path": path,
-        "name": posixpath.basename(path),
-        "type": str(entry.get("type") or "file"),
-        "size": int(entry.get("size") or 0),
-        "mode": str(entry.get("mode") or "0644"),
-        "modified": entry.get("modified"),
-        "digest": entry.get("digest"),
-        "target": entry.get("target"),
-        "skipped": skipped,
-    }
-
-
-class OutputStore:
-    """Reads of the saved manifests: each attempt's, and (`by_owner`) each owner's newest."""
-
-    def __init__(self, engine: sa.Engine):
-        self._engine = engine
-        self.by_owner = OwnerFiles(engine)
-
-    def entry(self, job_id: str, attempt: int, path: str) -> Any:
-        table = schema.job_files
-        with self._engine.connect() as connection:
-            return connection.execute(
-                sa.select(table).where(
-                    table.c.job_id == job_id,
-                    table.c.attempt == attempt,
-                    table.c.path_key == path_key(path),
-                )
-            ).first()
-
-    def children(self, job_id: str, attempt: int, path: str) -> list[Any]:
-        table = schema.job_files
-        with self._engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(table)
-                .where(
-                    table.c.job_id == job_id,
-                    table.c.attempt == attempt,
-                    table.c.parent_key == path_key(path),
-                    table.c.skipped.is_(None),
-                    table.c.path != "/",
-                )
-                .order_by(table.c.name)
-            ).all()
-        return [r for r in rows if parent_of(r.path) == path]  # a sha1 collision is not a child
-
-    def saved_any(self, job_id: str, attempt: int) -> bool:
-        table = schema.job_files
-        with self._engine.connect() as connection:
-            return (
-                connection.execute(
-                    sa.select(table.c.path_key)
-                    .where(table.c.job_id == job_id, table.c.attempt == attempt)
-                    .limit(1)
-                ).first()
-                is not None
-            )
 
 
 def entry_json(row: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from freight_server.shared.jobs import UNFINISHED, JobView, Status, evolve
 from freight_server.shared.secret_env import SecretBox, masked
 
 if TYPE_CHECKING:
-    from freight_server.services.api.files import OutputStore
+    from freight_server.services.api.saved_files import OutputStore
 
 MAX_PAGE = 1000
 MAX_CURSOR = 2**63 - 1  # a log position is a signed 64-bit integer in every database

@@ -15,13 +15,13 @@ from gunicorn.app.base import BaseApplication
 from freight_server.services.api.admission import Admission, AdmissionCollector
 from freight_server.services.api.app import create_app
 from freight_server.services.api.auth import check_exposure
-from freight_server.services.api.files import OutputStore
 from freight_server.services.api.health import ApiMetrics, Monitor, max_lag_from_env
 from freight_server.services.api.jobs import ApiDeps
 from freight_server.services.api.projection import ApiProjection
 from freight_server.services.api.projector import project_while_leading, projector_role
 from freight_server.services.api.quotas import QuotaAnnouncer
 from freight_server.services.api.runners import RunnerBoard, RunnerStore
+from freight_server.services.api.saved_files import OutputStore
 from freight_server.services.api.snapshots import SnapshotTaker
 from freight_server.services.api.store import JobStore, RecentSubmissions
 from freight_server.shared.bus import Publisher, Topology, connect

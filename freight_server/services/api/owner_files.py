@@ -25,9 +25,10 @@ import hashlib
 import json
 import posixpath
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -197,18 +198,22 @@ def record_versions(
     """Merge the versions (in log order) into the owner's rows."""
     if not versions:
         return
-    stored = _stored(session, owner, {v.path for v in versions})
+    keys = {v.path: path_key(v.path) for v in versions}
+    stored = _stored(session, owner, keys)
     tree = OwnerTree(stored)
-    for version in sorted(versions, key=lambda v: (v.position, v.implied)):
+    for version in sorted(versions, key=_log_order):
         tree.add(version)
     gone = _delete_beneath(session, owner, tree.cleared)
-    kept = {path: v for path, v in stored.items() if not gone or path_key(path) not in gone}
-    changed = [v for path, v in tree.current.items() if kept.get(path) != v]
+    kept = {path: v for path, v in stored.items() if not gone or keys[path] not in gone}
+    changed = [v for path, v in tree.current.items() if v is not stored.get(path)]
     # A changed row is replaced: deleted and inserted again, with the new ones in one insert
     # (quicker than an update a row, by half, for the thousands of a job's outputs).
-    for keys in in_slices([path_key(v.path) for v in changed if v.path in kept], _KEYS_PER_QUERY):
-        session.execute(_FORGET, {"who": owner, "keys": keys})
-    insert_many(session, schema.owner_files, [_row(owner, v) for v in changed])
+    for some in in_slices([keys[v.path] for v in changed if v.path in kept], _KEYS_PER_QUERY):
+        session.execute(_FORGET, {"who": owner, "keys": some})
+    insert_many(session, schema.owner_files, [_row(owner, v, keys[v.path]) for v in changed])
+
+
+_log_order = attrgetter("position", "implied")
 
 
 # Built once: statements built again for every batch cost the projection more than running them.
@@ -217,7 +222,7 @@ _FORGET = _rows.delete().where(
     _rows.c.owner == sa.bindparam("who"),
     _rows.c.path_key.in_(sa.bindparam("keys", expanding=True)),
 )
-_STORED = sa.select(_rows).where(
+_STORED = sa.select(_rows.c.path, _rows.c.job_id, _rows.c.position, _rows.c.type).where(
     _rows.c.owner == sa.bindparam("who"),
     _rows.c.path_key.in_(sa.bindparam("keys", expanding=True)),
 )
@@ -227,12 +232,15 @@ _OWNERS = sa.select(schema.jobs.c.job_id, schema.jobs.c.owner).where(
 
 
 def _stored(
-    session: Session | sa.Connection, owner: str, paths: Iterable[str]
+    session: Session | sa.Connection, owner: str, keys: Mapping[str, str]
 ) -> dict[str, Version]:
+    """The owner's stored versions of these paths (path → its key), as much of each as merging
+    needs: which job and position made it, and its type. Only what the batch put in their
+    place is written, so the rest is never needed."""
     found: dict[str, Version] = {}
-    for keys in in_slices([path_key(p) for p in paths], _KEYS_PER_QUERY):
-        rows = session.execute(_STORED, {"who": owner, "keys": keys})
-        found.update((row.path, version_of(row)) for row in rows)
+    for some in in_slices(list(keys.values()), _KEYS_PER_QUERY):
+        rows = session.execute(_STORED, {"who": owner, "keys": some})
+        found.update((path, Version(path, job, at, kind)) for path, job, at, kind in rows)
     return found
 
 
@@ -260,10 +268,10 @@ def _delete_beneath(
     return gone
 
 
-def _row(owner: str, version: Version) -> dict[str, Any]:
+def _row(owner: str, version: Version, key: str) -> dict[str, Any]:
     return {
         "owner": owner,
-        "path_key": path_key(version.path),
+        "path_key": key,
         "parent_key": parent_key(version.path),
         "path": version.path,
         "name": version.name,

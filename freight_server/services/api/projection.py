@@ -13,12 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from freight_server.services.api import schema
-from freight_server.services.api.files import record_outputs
 from freight_server.services.api.owner_files import record_owner_files
 from freight_server.services.api.usage import record_usage
 from freight_server.shared.bus import BrokerUnavailable, Message, Publisher, Unroutable
 from freight_server.shared.consumer import Logged
-from freight_server.shared.events import EventType
 from freight_server.shared.jobs import JobView
 from freight_server.shared.views import ViewCache, ViewChange, fold_views, write_views
 
@@ -72,9 +70,6 @@ class ApiProjection:
         fresh = self._record_events(session, [b for b in batch if b.event.job_id is not None])
         if not fresh:
             return
-        for event, _ in fresh:
-            if event.type == EventType.JOB_OUTPUTS_SAVED:
-                record_outputs(session, event)
         changes = fold_views(session, schema.jobs, fresh, cache=self._views)
         write_views(session, schema.jobs, changes, _job_columns, created=_job_created)
         record_owner_files(session, fresh, changes)

@@ -60,27 +60,6 @@ runners = sa.Table(
     sa.Column("heartbeat", sa.JSON, nullable=False),
 )
 
-# What each attempt saved (JobOutputsSaved), for GET /files once the job has ended. Paths may be
-# 4096 bytes, more than an index entry holds, so they are looked up by their sha1.
-job_files = sa.Table(
-    "api_job_files",
-    metadata,
-    sa.Column("job_id", sa.String(36), primary_key=True),
-    sa.Column("attempt", sa.Integer, primary_key=True),
-    sa.Column("path_key", sa.String(40), primary_key=True),
-    sa.Column("parent_key", sa.String(40), nullable=False),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("type", sa.String(16), nullable=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("mode", sa.String(8), nullable=False),
-    sa.Column("modified", sa.String(40), nullable=True),
-    sa.Column("digest", sa.String(71), nullable=True),
-    sa.Column("target", sa.Text, nullable=True),
-    sa.Column("skipped", sa.Text, nullable=True),  # why it was not saved
-    sa.Index("api_job_files_parent", "job_id", "attempt", "parent_key"),
-)
-
 # Each owner's newest version of every path across their jobs
 # (freight_server/services/api/owner_files.py),
 # for GET /files without job_id: one row per (owner, path), so a read never folds the jobs.
