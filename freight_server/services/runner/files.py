@@ -13,7 +13,6 @@ job left as it was (same size and time as placed) is listed with its known diges
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import posixpath
 import tarfile
@@ -36,6 +35,7 @@ from freight_server.services.runner.executor import (
     PathStat,
 )
 from freight_server.services.runner.logs import AttemptLog, OutputShipper
+from freight_server.services.runner.tar_reader import TarReader
 from freight_server.shared import filestore_protocol as protocol
 from freight_server.shared.bus import Publisher, Topology
 from freight_server.shared.config import Settings
@@ -391,29 +391,26 @@ class _OutputSaver:
 
     def _save_archive(self, root: str, archive: Archive) -> None:
         base = parent_of(root)
-        with tarfile.open(fileobj=_reader(archive), mode="r|") as tar:
-            for member in tar:
-                path = posixpath.normpath(posixpath.join(base, member.name))
-                if excluded(path):
-                    continue
-                entry = _entry_of_member(path, member)
-                if member.islnk():
-                    self._save_hard_link(base, entry, member)
-                elif not member.isreg():
-                    self._record(entry)
-                elif self._unchanged_input(path, member):
-                    self._record(entry, str(self._inputs[path]["digest"]))
-                elif (reason := self._no_room_for(member.size)) is not None:
-                    self._skip(path, member.size, entry.modified, reason)
-                else:
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    if member.size <= SMALL_FILE:
-                        self._add_small(entry, source.read())
-                        continue
-                    stored = self._filestore.upload(read_chunks(source))
-                    self.manifest.saved_bytes += stored.size
-                    self._record(entry, stored.digest, stored.upload)
+        tar = TarReader(archive)
+        for member in tar:
+            path = posixpath.normpath(posixpath.join(base, member.name))
+            if excluded(path):
+                continue
+            entry = _entry_of_member(path, member)
+            if member.islnk():
+                self._save_hard_link(base, entry, member)
+            elif not member.isreg():
+                self._record(entry)
+            elif self._unchanged_input(path, member):
+                self._record(entry, str(self._inputs[path]["digest"]))
+            elif (reason := self._no_room_for(member.size)) is not None:
+                self._skip(path, member.size, entry.modified, reason)
+            elif member.size <= SMALL_FILE:
+                self._add_small(entry, tar.read())
+            else:
+                stored = self._filestore.upload(read_chunks(tar))
+                self.manifest.saved_bytes += stored.size
+                self._record(entry, stored.digest, stored.upload)
 
     def _add_small(self, entry: FileEntry, data: bytes) -> None:
         """Listed now, in its place; its digest comes when its batch is stored."""
@@ -545,23 +542,22 @@ class LiveFiles:
             stat = self._container.stat(container_id, path)
         archive = self._container.read_archive(container_id, path)
         try:
-            with tarfile.open(fileobj=_reader(archive), mode="r|") as tar:
-                if stat.type == "dir":
-                    head = {"type": "dir", "path": path, **_listing(tar, path)}
-                    send_stream(conversation, head, [], window)
-                    return
-                member = tar.next()
-                source = tar.extractfile(member) if member is not None else None
-                if member is None or source is None:
-                    conversation.fail(protocol.INVALID, f"{path} is not a regular file")
-                    return
-                head = {**_entry_of_member(path, member).to_dict(), "type": "file"}
-                send_stream(conversation, head, read_chunks(source), window)
+            tar = TarReader(archive)
+            if stat.type == "dir":
+                head = {"type": "dir", "path": path, **_listing(tar, path)}
+                send_stream(conversation, head, [], window)
+                return
+            member = next(iter(tar), None)
+            if member is None or not member.isreg():
+                conversation.fail(protocol.INVALID, f"{path} is not a regular file")
+                return
+            head = {**_entry_of_member(path, member).to_dict(), "type": "file"}
+            send_stream(conversation, head, read_chunks(tar), window)
         finally:
             archive.close()
 
 
-def _listing(tar: tarfile.TarFile, path: str) -> dict[str, Any]:
+def _listing(tar: TarReader, path: str) -> dict[str, Any]:
     """The top-level entries of a directory's archive (the rest of it is read past)."""
     entries: list[dict[str, Any]] = []
     root: str | None = None
@@ -674,32 +670,6 @@ def _entry_of_stat(path: str, stat: PathStat) -> FileEntry:
         modified=modified,
         target=stat.link_target or None,
     )
-
-
-class _ChunkReader(io.RawIOBase):
-    """A stream of chunks as a file, for tarfile's streaming mode."""
-
-    def __init__(self, chunks: Iterable[bytes]):
-        self._chunks = iter(chunks)
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            try:
-                self._pending = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-
-def _reader(chunks: Iterable[bytes]) -> io.BufferedReader:
-    return io.BufferedReader(_ChunkReader(chunks), buffer_size=256 * 1024)
 
 
 def describe(manifest: OutputManifest) -> str:
