@@ -219,12 +219,13 @@ def execute_many(
     with one executemany of the driver's: without SQLAlchemy building every row's parameters,
     which took twice as long as SQLite's own insert of the 20 000 rows of a job's outputs. A
     value whose type converts it (a datetime on SQLite, JSON) is converted as SQLAlchemy
-    would."""
+    would, once for a run of rows that hold the same object (a batch's one time)."""
     if not rows:
         return
     if isinstance(connection, Session):
         connection = connection.connection()
-    sql, names, converters = _compiled(statement, tuple(rows[0]), connection.dialect)
+    sql, names, converting = _compiled(statement, tuple(rows[0]), connection.dialect)
+    converters = {name: _once_a_run(convert) for name, convert in converting.items()}
     if names is None:  # the driver takes named parameters (psycopg)
         named = [
             {**row, **{name: convert(row[name]) for name, convert in converters.items()}}
@@ -241,6 +242,20 @@ def execute_many(
     else:
         positional = [tuple(row[name] for name in names) for row in rows]
     connection.exec_driver_sql(sql, positional)
+
+
+def _once_a_run(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`convert`, which converts a value once while the values it is given are the same object."""
+    last: Any = object()
+    converted: Any = None
+
+    def once(value: Any) -> Any:
+        nonlocal last, converted
+        if value is not last:
+            last, converted = value, convert(value)
+        return converted
+
+    return once
 
 
 @cache

@@ -178,7 +178,9 @@ class FilestoreServer:
             return
         try:
             sizes = {d: len(b) for d, b in zip(staged.digests, blobs, strict=True)}
-            uploads = [uuid.uuid4().hex for _ in blobs]
+            # One hold an upload, as if each came alone; named after the batch, not drawn each.
+            batch = uuid.uuid4().hex[:24]
+            uploads = [f"{batch}{n:08x}" for n in range(len(blobs))]
             holds = list(zip(uploads, staged.digests, strict=True))
             self._keep(staged, sizes, holds)
         finally:
