@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -79,7 +79,7 @@ class BlobBatch(Protocol):
 
     digests: list[str]  # one a blob, in their order
 
-    def place_of(self, digest: str, size: int) -> Packed: ...
+    def place_of(self, digest: str, size: int) -> Packed | None: ...
 
     def publish(self, kept: Collection[str]) -> None:
         """Make the pack readable if it holds any of `kept`."""
@@ -90,8 +90,11 @@ class BlobBatch(Protocol):
 class BlobStore(Protocol):
     def begin(self) -> BlobWriter: ...
 
-    def stage(self, blobs: Sequence[bytes]) -> BlobBatch:
-        """Hash and write these small blobs, durably; publish() makes them readable."""
+    def stage(
+        self, blobs: Sequence[bytes], stored: Callable[[Collection[str]], Collection[str]]
+    ) -> BlobBatch:
+        """Hash and write these small blobs, durably, but those `stored` says are stored
+        already; publish() makes them readable."""
 
     def open(self, digest: str, packed: Packed | None = None) -> BlobReader:
         """The blob stored alone, or where it is `packed`; raises BlobNotFound."""
@@ -137,12 +140,14 @@ class LocalBlobStore:
         return LocalBlobWriter(self, self._tmp / f"upload-{uuid.uuid4().hex}")
 
     def pack_location(self, pack: str) -> str:
-        if not _PACK.match(pack):
+        if not _PACK.fullmatch(pack):
             raise BlobNotFound(f"{pack!r} is not a pack")
         return f"{self.packs}/{pack}"
 
-    def stage(self, blobs: Sequence[bytes]) -> StagedPack:
-        return StagedPack(self, blobs)
+    def stage(
+        self, blobs: Sequence[bytes], stored: Callable[[Collection[str]], Collection[str]]
+    ) -> StagedPack:
+        return StagedPack(self, blobs, stored)
 
     @property
     def tmp(self) -> Path:
@@ -170,28 +175,32 @@ class LocalBlobStore:
             os.unlink(self.pack_location(pack))
 
     def pack_names(self) -> list[str]:
-        return [name for name in os.listdir(self.packs) if _PACK.match(name)]
+        return [name for name in os.listdir(self.packs) if _PACK.fullmatch(name)]
 
 
 class StagedPack:
     """Small blobs written together (`LocalBlobStore.stage`) as one pack: their bytes one after
     another in one temporary file, made durable with one fdatasync; no file, rename or
-    directory entry of their own. `publish` moves the pack into place if any of its blobs is to
-    be kept (the caller holds the retention lock); `discard` drops what is left. A blob already
-    stored is written again (a pack is never patched), and left there unrecorded: its bytes go
-    with the pack."""
+    directory entry of their own. Only the blobs not stored yet (`stored` says which are) go in,
+    each once; the empty blob never does (it is there, stored or not). `publish` moves the pack
+    into place if any of its blobs is to be kept (the caller holds the retention lock, as it
+    did when asking what was stored); `discard` drops what is left."""
 
-    def __init__(self, store: LocalBlobStore, blobs: Sequence[bytes]):
+    def __init__(
+        self,
+        store: LocalBlobStore,
+        blobs: Sequence[bytes],
+        stored: Callable[[Collection[str]], Collection[str]],
+    ):
         self._store = store
         self.pack = uuid.uuid4().hex
-        self.digests: list[str] = []
+        self.digests = [f"sha256:{hashlib.sha256(data).hexdigest()}" for data in blobs]
         self.offsets: dict[str, int] = {}  # digest → where its bytes begin in the pack
         self._staged: str | None = os.path.join(store.tmp, f"pack-{self.pack}")
+        skipped = {EMPTY_DIGEST, *stored(set(self.digests) - {EMPTY_DIGEST})}
         offset, pieces = 0, []
-        for data in blobs:
-            digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-            self.digests.append(digest)
-            if digest not in self.offsets:
+        for digest, data in zip(self.digests, blobs, strict=True):
+            if digest not in self.offsets and digest not in skipped:
                 self.offsets[digest] = offset
                 offset += len(data)
                 pieces.append(data)
@@ -208,8 +217,10 @@ class StagedPack:
             self.discard()
             raise
 
-    def place_of(self, digest: str, size: int) -> Packed:
-        return Packed(self.pack, self.offsets[digest], size)
+    def place_of(self, digest: str, size: int) -> Packed | None:
+        """Where it lies in the pack; None for the empty blob, which is in none."""
+        offset = self.offsets.get(digest)
+        return None if offset is None else Packed(self.pack, offset, size)
 
     def publish(self, kept: Collection[str]) -> None:
         """Into place, if any of `kept` (the blobs recorded as stored here) is in the pack."""

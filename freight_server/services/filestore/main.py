@@ -54,7 +54,7 @@ def build(settings: Settings) -> Filestore:
         engine,
         store,
         logs,
-        threading.Lock(),
+        threading.RLock(),  # a put_many holds it while it writes its pack, then to commit
         timedelta(seconds=settings.file_retention),
         clock=utcnow,
     )

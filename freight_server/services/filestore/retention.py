@@ -28,7 +28,7 @@ class Retention:
         engine: sa.Engine,
         store: BlobStore,
         logs: LogStore,
-        lock: threading.Lock,
+        lock: threading.RLock,
         retention: timedelta,
         clock: Callable[[], datetime],
     ):
@@ -48,21 +48,28 @@ class Retention:
             return 0
         deleted = 0
         while True:
-            with self.lock, self._engine.begin() as connection:
-                now = self._clock()
-                doomed = collectable(connection, now, now - self._retention, digests)
-                packs = {pack for _, pack in doomed if pack is not None}
+            # The records go first, the bytes once that is committed (still under the lock):
+            # a failed commit leaves them both. A crash in between leaves bytes no record names
+            # (a pack is deleted at the next start), never a record of bytes that are gone.
+            with self.lock:
+                with self._engine.begin() as connection:
+                    now = self._clock()
+                    doomed = collectable(connection, now, now - self._retention, digests)
+                    if doomed:
+                        connection.execute(
+                            schema.blobs.delete().where(
+                                schema.blobs.c.digest.in_([digest for digest, _ in doomed])
+                            )
+                        )
+                    emptied = _emptied(connection, {p for _, p in doomed if p is not None})
+                    connection.execute(
+                        schema.holds.delete().where(schema.holds.c.expires_at <= now)
+                    )
                 for digest, pack in doomed:
                     if pack is None:
                         self._store.delete(digest)
-                if doomed:
-                    connection.execute(
-                        schema.blobs.delete().where(
-                            schema.blobs.c.digest.in_([digest for digest, _ in doomed])
-                        )
-                    )
-                self._delete_emptied(connection, packs)
-                connection.execute(schema.holds.delete().where(schema.holds.c.expires_at <= now))
+                for pack in emptied:
+                    self._store.delete_pack(pack)
             deleted += len(doomed)
             if len(doomed) < BATCH:
                 break
@@ -71,19 +78,6 @@ class Retention:
         if digests is None:
             self._collect_logs()
         return deleted
-
-    def _delete_emptied(self, connection: sa.Connection, packs: Collection[str]) -> None:
-        """Of these packs, delete those none of whose blobs is left."""
-        if not packs:
-            return
-        blobs = schema.blobs
-        left = set(
-            connection.execute(
-                sa.select(blobs.c.pack).distinct().where(blobs.c.pack.in_(list(packs)))
-            ).scalars()
-        )
-        for pack in set(packs) - left:
-            self._store.delete_pack(pack)
 
     def delete_orphan_packs(self) -> int:
         """At start-up: packs written in place whose blobs were never recorded (the process
@@ -138,6 +132,17 @@ class Retention:
             )
             connection.execute(schema.holds.delete().where(schema.holds.c.upload.in_(uploads)))
         return self.collect(set(digests)) if digests else 0
+
+
+def _emptied(connection: sa.Connection, packs: set[str]) -> set[str]:
+    """Of these packs, those none of whose blobs is left."""
+    if not packs:
+        return set()
+    blobs = schema.blobs
+    left = connection.execute(
+        sa.select(blobs.c.pack).distinct().where(blobs.c.pack.in_(sorted(packs)))
+    ).scalars()
+    return packs - set(left)
 
 
 def collectable(

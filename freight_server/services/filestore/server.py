@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -139,9 +139,7 @@ class FilestoreServer:
         retention deletes under: a blob cannot be collected between the two."""
         now = self._clock()
         with self._retention.lock, self._engine.begin() as connection:
-            known: set[str] = set()
-            for some in in_slices(list(sizes)):
-                known.update(connection.execute(_STORED, {"digests": some}).scalars())
+            known = self._known(connection, sizes.keys())
             new = [
                 _blob_row(digest, size, now, staged.place_of(digest, size))
                 for digest, size in sizes.items()
@@ -170,21 +168,24 @@ class FilestoreServer:
         if len(blobs) > protocol.PUT_MANY_BLOBS:
             conversation.fail(protocol.INVALID, f"over {protocol.PUT_MANY_BLOBS} blobs at once")
             return
-        try:
-            staged = self._store.stage(blobs)
-        except OSError as exc:
-            log.error("upload %s failed: %s", conversation.id[:8], exc)
-            conversation.fail("unavailable", f"the filestore could not write: {exc.strerror}")
-            return
-        try:
-            sizes = {d: len(b) for d, b in zip(staged.digests, blobs, strict=True)}
-            # One hold an upload, as if each came alone; named after the batch, not drawn each.
-            batch = uuid.uuid4().hex[:24]
-            uploads = [f"{batch}{n:08x}" for n in range(len(blobs))]
-            holds = list(zip(uploads, staged.digests, strict=True))
-            self._keep(staged, sizes, holds)
-        finally:
-            staged.discard()
+        # Under the lock from the look at what is stored to the commit: a blob found stored
+        # (and so left out of the pack) cannot be collected meanwhile.
+        with self._retention.lock:
+            try:
+                staged = self._store.stage(blobs, self._stored_among)
+            except OSError as exc:
+                log.error("upload %s failed: %s", conversation.id[:8], exc)
+                conversation.fail("unavailable", f"the filestore could not write: {exc.strerror}")
+                return
+            try:
+                sizes = {d: len(b) for d, b in zip(staged.digests, blobs, strict=True)}
+                # One hold an upload, as if each came alone; named after the batch.
+                batch = uuid.uuid4().hex[:24]
+                uploads = [f"{batch}{n:08x}" for n in range(len(blobs))]
+                holds = list(zip(uploads, staged.digests, strict=True))
+                self._keep(staged, sizes, holds)
+            finally:
+                staged.discard()
         stored = [
             {"digest": digest, "size": len(blob), "upload": upload}
             for digest, blob, upload in zip(staged.digests, blobs, uploads, strict=True)
@@ -205,6 +206,17 @@ class FilestoreServer:
             send_stream(conversation, head, reader.chunks(CHUNK_BYTES), window)
         finally:
             reader.close()
+
+    def _stored_among(self, digests: Collection[str]) -> set[str]:
+        with self._engine.connect() as connection:
+            return self._known(connection, digests)
+
+    @staticmethod
+    def _known(connection: sa.Connection, digests: Collection[str]) -> set[str]:
+        known: set[str] = set()
+        for some in in_slices(sorted(digests)):
+            known.update(connection.execute(_STORED, {"digests": some}).scalars())
+        return known
 
     def _packed(self, digest: str) -> Packed | None:
         """Where the blob lies in its pack, if it is in one."""

@@ -21,6 +21,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Refused while any blob is in a pack: before packs, a blob was only ever a file of its
+    own, and nothing here can write those files (the migration does not know where the blobs
+    are)."""
+    packed = (
+        op.get_bind()
+        .execute(sa.text("SELECT count(*) FROM filestore_blobs WHERE pack IS NOT NULL"))
+        .scalar_one()
+    )
+    if packed:
+        raise RuntimeError(
+            f"{packed} blobs are stored in packs, which the filestore before filestore_0004 "
+            "cannot read; downgrading would lose them"
+        )
     op.drop_index("filestore_blobs_pack", "filestore_blobs")
     with op.batch_alter_table("filestore_blobs") as batch:
         batch.drop_column("pack_offset")
