@@ -104,6 +104,8 @@ def test_a_damaged_archive_is_refused():
     cut = data[: 512 * 7 + 1000]  # inside the bytes of job/random.bin
     with pytest.raises(tarfile.ReadError):
         with_reader(iter([bytes(cut)]))
+    with pytest.raises(tarfile.ReadError):  # cut there, and its bytes left unread
+        list(TarReader(iter([bytes(cut)])))
     data[0] ^= 0xFF  # the first header's checksum no longer matches
     with pytest.raises(tarfile.ReadError):
         with_reader(iter([bytes(data)]))

@@ -18,6 +18,7 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _CHECKSUM_AS_SPACES = 8 * ord(" ")
 _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_KNOWN_TYPES = frozenset(tarfile.SUPPORTED_TYPES)
 
 
 class TarReader:
@@ -39,7 +40,9 @@ class TarReader:
             member = self._next(shared)
             if member is None:
                 return
-            self._left, self._padding = member.size, -member.size % BLOCK
+            # As tarfile: only a regular file's bytes (or an unknown type's) follow its header.
+            data = member.size if member.isreg() or member.type not in _KNOWN_TYPES else 0
+            self._left, self._padding = data, -data % BLOCK
             yield member
 
     def read(self, size: int = -1) -> bytes:
@@ -89,8 +92,11 @@ class TarReader:
         member = tarfile.TarInfo(records.get("path", name))
         member.type = tarfile.REGTYPE if kind == tarfile.AREGTYPE else kind
         member.mode = _number(header[100:108])
-        member.size = int(records.get("size", size))
-        member.mtime = float(records["mtime"]) if "mtime" in records else _number(header[136:148])
+        try:
+            member.size = int(records.get("size", size))
+            member.mtime = float(records.get("mtime") or _number(header[136:148]))
+        except ValueError:
+            raise tarfile.ReadError("a PAX record's size or mtime is not a number") from None
         member.linkname = records.get("linkpath", long_link or _text(header[157:257]))
         if member.isdir():
             member.name = member.name.rstrip("/")
@@ -124,7 +130,7 @@ class TarReader:
         while size > 0:
             skipped = len(self._take(min(size, 1 << 20)))
             if not skipped:
-                return  # the end, found by whatever reads next
+                raise tarfile.ReadError("the archive ends inside a member's bytes")
             size -= skipped
 
 
@@ -171,8 +177,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
             length = int(data[at:space])
         except ValueError:
             raise tarfile.ReadError("a PAX record's length is not a number") from None
-        if length <= 0 or space < 0:
+        if space < 0 or length <= space - at or at + length > len(data):
             raise tarfile.ReadError("a malformed PAX record")
+        if data[at + length - 1] != ord("\n"):
+            raise tarfile.ReadError("a PAX record does not end its line")
         key, _, value = data[space + 1 : at + length - 1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         at += length
