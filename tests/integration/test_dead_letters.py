@@ -70,6 +70,10 @@ POISONS = {
     "a naive timestamp": Poison([heartbeat("r1")], heartbeat("r1", naive=True)),
     # AttributeError: a list of strings where entries are objects.
     "an odd shape": Poison([submitted("job-odd")], outputs_saved("job-odd", skipped=["out"])),
+    # KeyError: outputs of no attempt, which a read of the job's files could not place.
+    "outputs of no attempt": Poison(
+        [], encode(new_event(EventType.JOB_OUTPUTS_SAVED, "job-none", files=[]))
+    ),
     # ValueError: an outcome from a newer producer.
     "an unknown outcome": Poison(
         [

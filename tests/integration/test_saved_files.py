@@ -74,14 +74,27 @@ def test_each_attempt_lists_what_it_saved_skipped_apart_its_latest_save_winning(
 
 
 def test_manifests_past_the_cache_are_read_again(engine):
-    outputs = OutputStore(engine, cached_entries=3)
+    outputs = OutputStore(engine, cached_entries=5, cached_manifests=3)
     for n in range(4):
         files = [listed(f"/job/{n}/{i}") for i in range(2)]
         keep_saved(engine, f"job-{n}", n, 1, files=files)
+    for n in range(4, 10):  # nothing saved, yet each counts
+        keep_saved(engine, f"job-{n}", n, 1, deleted=["/tmp/x"])
     for _ in range(2):
         for n in range(4):
             names = [e.name for e in outputs.children(f"job-{n}", 1, f"/job/{n}")]
             assert names == ["0", "1"]
+        for n in range(4, 10):
+            assert not outputs.saved_any(f"job-{n}", 1)
+    assert len(outputs._cache) <= 3
+
+
+def test_an_event_that_cannot_be_read_is_read_past(engine):
+    keep_saved(engine, "job-1", 1, 1, files=[listed("/job/a")])
+    keep_saved(engine, "job-1", 2, 2, files=["not an entry"])  # kept before it was refused
+    outputs = OutputStore(engine)
+    assert [e.name for e in outputs.children("job-1", 1, "/job")] == ["a"]
+    assert outputs.manifest("job-1", 2) is None
 
 
 def test_going_back_to_the_table_of_rows_fills_it_from_the_events(engine):

@@ -14,9 +14,11 @@ from sqlalchemy.orm import Session
 
 from freight_server.services.api import schema
 from freight_server.services.api.owner_files import record_owner_files
+from freight_server.services.api.saved_files import check_saved
 from freight_server.services.api.usage import record_usage
 from freight_server.shared.bus import BrokerUnavailable, Message, Publisher, Unroutable
 from freight_server.shared.consumer import Logged
+from freight_server.shared.events import EventType
 from freight_server.shared.jobs import JobView
 from freight_server.shared.views import ViewCache, ViewChange, fold_views, write_views
 
@@ -70,6 +72,9 @@ class ApiProjection:
         fresh = self._record_events(session, [b for b in batch if b.event.job_id is not None])
         if not fresh:
             return
+        for event, _ in fresh:
+            if event.type == EventType.JOB_OUTPUTS_SAVED:
+                check_saved(event.data)  # its files are read from it
         changes = fold_views(session, schema.jobs, fresh, cache=self._views)
         write_views(session, schema.jobs, changes, _job_columns, created=_job_created)
         record_owner_files(session, fresh, changes)

@@ -12,6 +12,7 @@ would have replaced its rows.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import threading
 from collections import OrderedDict
@@ -22,10 +23,13 @@ import sqlalchemy as sa
 
 from freight_server.services.api import schema
 from freight_server.services.api.owner_files import OwnerFiles
-from freight_server.shared.events import EventType, upcast
+from freight_server.shared.events import EventType, MalformedEvent, upcast
 from freight_server.shared.job_paths import parent_of
 
-CACHED_ENTRIES = 100_000
+log = logging.getLogger(__name__)
+
+CACHED_ENTRIES = 100_000  # in each API process; a manifest counts its entries and one more
+CACHED_MANIFESTS = 1_000
 
 
 class SavedEntry(NamedTuple):
@@ -57,6 +61,18 @@ def _entry(listed: Mapping[str, Any], skipped: str | None) -> SavedEntry:
     )
 
 
+def check_saved(data: Mapping[str, Any]) -> None:
+    """Raise for a JobOutputsSaved whose files could not be read: the projection sets it aside
+    as a dead letter rather than keep what every read of the job's files would fail on."""
+    int(data["attempt"])
+    for key in ("files", "skipped"):
+        listed = data.get(key) or []
+        if not isinstance(listed, list) or not all(
+            isinstance(entry, Mapping) and "path" in entry for entry in listed
+        ):
+            raise ValueError(f"a JobOutputsSaved's {key} must be a list of entries with a path")
+
+
 class Manifest:
     """One JobOutputsSaved's entries by path, and each directory's saved entries by name."""
 
@@ -86,10 +102,16 @@ class Manifest:
 class OutputStore:
     """Reads of the saved manifests: each attempt's, and (`by_owner`) each owner's newest."""
 
-    def __init__(self, engine: sa.Engine, cached_entries: int = CACHED_ENTRIES):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        cached_entries: int = CACHED_ENTRIES,
+        cached_manifests: int = CACHED_MANIFESTS,
+    ):
         self._engine = engine
         self.by_owner = OwnerFiles(engine)
         self._cached_entries = cached_entries
+        self._cached_manifests = cached_manifests
         self._cache: OrderedDict[str, Manifest] = OrderedDict()  # by event id, last read last
         self._lock = threading.Lock()
 
@@ -123,17 +145,26 @@ class OutputStore:
                     self._cache.move_to_end(event_id)
             if manifest is None:
                 body = connection.execute(_BODY, {"id": event_id}).scalar_one()
-                manifest = Manifest(upcast(body)["data"])
+                try:
+                    manifest = Manifest(upcast(body)["data"])
+                except (MalformedEvent, KeyError, TypeError, ValueError, AttributeError) as exc:
+                    # Kept before check_saved was asked of every such event: read past it.
+                    log.warning("JobOutputsSaved %s cannot be read: %r", event_id, exc)
+                    continue
                 self._keep(event_id, manifest)
             yield manifest
 
     def _keep(self, event_id: str, manifest: Manifest) -> None:
+        """Cached, the least recently read going first past either bound (the one just read
+        stays, however large)."""
         with self._lock:
             self._cache[event_id] = manifest
-            kept = sum(len(m) for m in self._cache.values())
-            while kept > self._cached_entries and len(self._cache) > 1:
+            kept = sum(len(m) + 1 for m in self._cache.values())
+            while len(self._cache) > 1 and (
+                kept > self._cached_entries or len(self._cache) > self._cached_manifests
+            ):
                 _, oldest = self._cache.popitem(last=False)
-                kept -= len(oldest)
+                kept -= len(oldest) + 1
 
 
 # Built once: every read of an ended job's files runs them.
