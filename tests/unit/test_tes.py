@@ -442,3 +442,12 @@ def test_http_basic_auth_takes_the_token_as_password(tmp_path):
         assert answer.status_code == 401
     listed = api.client.simulate_get(TASKS, headers=basic("", token)).json
     assert [t["id"] for t in listed["tasks"]] == [task_id]
+
+
+def test_more_memory_than_a_number_holds_is_refused_not_a_crash(api):
+    # Found by schemathesis: 1.7e305 GB in MiB is past the largest float.
+    asked = {**echo(), "resources": {"cpu_cores": 1, "ram_gb": 1.7555597020139804e305}}
+    refused = api.client.simulate_post(TASKS, json=asked)
+    assert refused.status_code == 400
+    assert "ram_gb" in refused.json["message"]
+    assert api.log.events == []

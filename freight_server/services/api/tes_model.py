@@ -79,7 +79,8 @@ class Output(_Spec):
 class Resources(_Spec):
     cpu_cores: int | None = Field(default=None, ge=1)
     preemptible: bool | None = None
-    ram_gb: float | None = Field(default=None, gt=0)
+    # At most a pebibyte: beyond that the MiB Freight asks for would not be a number.
+    ram_gb: float | None = Field(default=None, gt=0, le=1024 * 1024, allow_inf_nan=False)
     disk_gb: float | None = None
     zones: list[str] | None = None
     backend_parameters: dict[str, str] | None = None
