@@ -127,7 +127,7 @@ def test_small_blobs_go_in_together_in_one_pack_each_stored_once_and_held(
 
     assert [s.digest for s in stored] == [f"sha256:{hashlib.sha256(b).hexdigest()}" for b in blobs]
     assert [s.size for s in stored] == [len(b) for b in blobs]
-    assert len({s.upload for s in stored}) == 4  # each its own hold, as one upload each
+    assert len({s.upload for s in stored}) == 1  # the batch's: one hold for what it stored
     assert blob_files(store_settings) == [] and partial_files(store_settings) == []
     (pack,) = pack_files(store_settings)
     assert pack.stat().st_size == 3 + 100_000  # "one" once
@@ -143,6 +143,8 @@ def test_small_blobs_go_in_together_in_one_pack_each_stored_once_and_held(
     # nothing new is not kept.
     again = client.upload_many([b"one", b"two"])
     assert [s.digest for s in again] == [stored[0].digest, _digest(b"two")]
+    # "one" was stored already: held apart from this batch, and from the batch before.
+    assert len({again[0].upload, again[1].upload, stored[0].upload}) == 3
     assert sorted(p.stat().st_size for p in pack_files(store_settings)) == [3, 100_003]
     assert client.upload_many([b"one", b"two"])[1].digest == _digest(b"two")
     assert len(pack_files(store_settings)) == 2 and partial_files(store_settings) == []
@@ -340,6 +342,39 @@ class TestRetention:
         log.append(new_event(EventType.JOB_FINISHED, "job-2", attempt=1, outcome="succeeded"))
         wait_until(lambda: pack_files(store_settings) == [], what="the pack to go")
         assert stored_rows(store_settings) == []
+
+    def test_ending_one_batchs_hold_leaves_another_batchs_on_the_same_bytes(
+        self, store_settings, client, log
+    ):
+        # A grace long enough that only an ended hold lets a blob go.
+        with contextmanager(start_filestore)(replace(store_settings, upload_grace=60)) as fs:
+            wait_until(fs.retention.caught_up.is_set, what="the filestore to catch up")
+            (first,) = client.upload_many([b"the same output"])
+            again, other = client.upload_many([b"the same output", b"another"])
+            assert again.upload not in (first.upload, other.upload)
+            new_event = EventFactory("test")
+            saved = {"path": "/job/out", "digest": first.digest, "size": first.size}
+            log.append(
+                new_event(EventType.JOB_SUBMITTED, "job-3", command="true", image="x"),
+                new_event(EventType.JOB_ASSIGNED, "job-3", runner="r", attempt=1, gpus=[]),
+                new_event(
+                    EventType.JOB_OUTPUTS_SAVED,
+                    "job-3",
+                    attempt=1,
+                    files=[{**saved, "upload": first.upload}],
+                ),
+                new_event(EventType.JOB_FINISHED, "job-3", attempt=1, outcome="succeeded"),
+            )
+            # Retention is zero: job-3's end and the end of the first batch's hold free the
+            # bytes, but the second batch still holds them for a job yet to come.
+            engine = create_engine(store_settings.database_url_for("filestore"))
+            try:
+                wait_until(lambda: _count_rows(engine, schema.jobs) == 0, what="job-3's rows to go")
+            finally:
+                engine.dispose()
+            fs.retention.collect()
+            with client.download(first.digest) as download:
+                assert b"".join(download) == b"the same output"
 
 
 def test_bytes_outlive_a_failed_commit_of_their_collection(tmp_path):

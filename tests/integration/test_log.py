@@ -3,7 +3,6 @@ exactly once across restarts, redeliveries and poison messages, on SQLite and Po
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 
 import pika
@@ -14,7 +13,6 @@ from freight_server.services.api import schema
 from freight_server.services.api.projection import ApiProjection
 from freight_server.shared.bus import BrokerUnavailable, Publisher
 from freight_server.shared.consumer import StreamConsumer
-from freight_server.shared.db import create_engine, migrate
 from freight_server.shared.events import EventFactory, EventType
 from tests.integration.consuming import consuming
 from tests.waiting import wait_until
@@ -27,11 +25,8 @@ def submitted(n: int):
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(database_url)
-    migrate(engine, "api")
-    yield engine
-    engine.dispose()
+def engine(api_engine: sa.Engine) -> sa.Engine:
+    return api_engine
 
 
 def consuming_api(settings, topology, engine, publisher) -> ContextManager[StreamConsumer]:

@@ -1,13 +1,11 @@
 """Each owner's files across their jobs (freight_server/services/api/owner_files.py), as the
 API's projection keeps them: the newest version wins, a deletion is a version, other owners never
 mix in. The same events applied in one batch or one at a time, and indexed afresh from the
-history (as the migration does), must leave the same rows."""
+history (as the migration does), must leave the same rows, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,6 @@ from freight_server.services.api import schema
 from freight_server.services.api.owner_files import DELETED, OwnerFiles, record_history
 from freight_server.services.api.projection import ApiProjection
 from freight_server.shared.consumer import Logged
-from freight_server.shared.db import create_engine, migrate
 from freight_server.shared.events import Event, EventFactory, EventType
 
 new_event = EventFactory("test", clock=lambda: datetime(2030, 1, 1, tzinfo=UTC))
@@ -59,11 +56,8 @@ def a_dir(path: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'api.db'}")
-    migrate(engine, "api")
-    yield engine
-    engine.dispose()
+def engine(api_engine: sa.Engine) -> sa.Engine:
+    return api_engine
 
 
 def project(engine: sa.Engine, events: list[Event], together: bool, start: int = 0) -> OwnerFiles:

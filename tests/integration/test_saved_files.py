@@ -3,26 +3,21 @@ on SQLite and PostgreSQL: what `GET /jobs/{id}/files` and TES outputs list."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
 from freight_server.services.api import schema
 from freight_server.services.api.saved_files import OutputStore
-from freight_server.shared.db import alembic_config, create_engine, migrate
+from freight_server.shared.db import alembic_config, migrate
 from freight_server.shared.events import EventFactory, EventType
 
 new_event = EventFactory("test")
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(database_url)
-    migrate(engine, "api")
-    yield engine
-    engine.dispose()
+def engine(api_engine: sa.Engine) -> sa.Engine:
+    return api_engine
 
 
 def keep_saved(engine: sa.Engine, job_id: str, position: int, attempt: int, **data) -> None:

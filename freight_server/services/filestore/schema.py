@@ -18,6 +18,8 @@ blobs = sa.Table(
     sa.Column("pack", sa.String(32), nullable=True),
     sa.Column("pack_offset", sa.BigInteger, nullable=True),
     sa.Index("filestore_blobs_pack", "pack"),  # a pack goes once none of its blobs is left
+    # The batch (filestore_batch_holds) that stored the blob and holds it, if a batch did.
+    sa.Column("held_by", sa.String(32), nullable=True),
 )
 
 # An upload holds its blob until `expires_at` (FREIGHT_UPLOAD_GRACE): by then the job that uses
@@ -27,6 +29,15 @@ holds = sa.Table(
     metadata,
     sa.Column("upload", sa.String(32), primary_key=True),
     sa.Column("digest", sa.String(71), nullable=False, index=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A batch of small blobs (put_many) holds the blobs it stored, each naming it (`held_by`), with
+# one row rather than one a blob; a blob of the batch already stored is held as an upload is.
+batch_holds = sa.Table(
+    "filestore_batch_holds",
+    metadata,
+    sa.Column("upload", sa.String(32), primary_key=True),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 

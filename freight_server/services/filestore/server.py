@@ -123,7 +123,7 @@ class FilestoreServer:
         except BlobMismatch as exc:
             conversation.fail(protocol.MISMATCH, str(exc))
             return
-        self._keep(writer, {digest: size}, [(conversation.id, digest)])
+        self._keep(writer, {digest: size}, conversation.id)
         conversation.send(
             protocol.COMMITTED, data={"digest": digest, "size": size, "upload": conversation.id}
         )
@@ -132,27 +132,41 @@ class FilestoreServer:
         self,
         staged: BlobWriter | BlobBatch,
         sizes: Mapping[str, int],
-        holds: list[tuple[str, str]],
-    ) -> None:
-        """Record the staged blobs (digest → size) not stored yet, where they will lie, and the
-        uploads' holds (upload, digest), then make the new blobs readable, all under the lock
-        retention deletes under: a blob cannot be collected between the two."""
+        upload: str,
+        batch: bool = False,
+    ) -> dict[str, str]:
+        """Record the staged blobs (digest → size) not stored yet, where they will lie, and hold
+        them for FREIGHT_UPLOAD_GRACE: by the upload `upload` names; or, for a batch, those it
+        stores by one hold of the batch's (`upload`, named on each) and those already stored
+        by a hold each. Then make the new blobs readable. All under the lock retention deletes
+        under: a blob cannot be collected between the two. Returns each blob's upload: what a
+        job that refers to it names, to end its hold."""
         now = self._clock()
+        expires = now + self._grace
         with self._retention.lock, self._engine.begin() as connection:
             known = self._known(connection, sizes.keys())
+            held_by = upload if batch else None
             new = [
-                _blob_row(digest, size, now, staged.place_of(digest, size))
+                _blob_row(digest, size, now, staged.place_of(digest, size), held_by)
                 for digest, size in sizes.items()
                 if digest not in known
             ]
             insert_many(connection, schema.blobs, new)
-            expires = now + self._grace
-            insert_many(
-                connection,
-                schema.holds,
-                [{"upload": u, "digest": d, "expires_at": expires} for u, d in holds],
-            )
+            if not batch:
+                holders = dict.fromkeys(sizes, upload)
+            else:
+                holders = {row["digest"]: upload for row in new} | _hold_names(sorted(known))
+                if new:
+                    hold = {"upload": upload, "expires_at": expires}
+                    connection.execute(schema.batch_holds.insert(), hold)
+            holds = [
+                {"upload": u, "digest": d, "expires_at": expires}
+                for d, u in holders.items()
+                if u != held_by
+            ]
+            insert_many(connection, schema.holds, holds)
             staged.publish({row["digest"] for row in new})
+        return holders
 
     def put_many(self, request: Envelope, conversation: Conversation) -> None:
         """Small blobs in one request: one sync for their bytes, one transaction for their
@@ -179,16 +193,12 @@ class FilestoreServer:
                 return
             try:
                 sizes = {d: len(b) for d, b in zip(staged.digests, blobs, strict=True)}
-                # One hold an upload, as if each came alone; named after the batch.
-                batch = uuid.uuid4().hex[:24]
-                uploads = [f"{batch}{n:08x}" for n in range(len(blobs))]
-                holds = list(zip(uploads, staged.digests, strict=True))
-                self._keep(staged, sizes, holds)
+                holders = self._keep(staged, sizes, uuid.uuid4().hex, batch=True)
             finally:
                 staged.discard()
         stored = [
-            {"digest": digest, "size": len(blob), "upload": upload}
-            for digest, blob, upload in zip(staged.digests, blobs, uploads, strict=True)
+            {"digest": digest, "size": len(blob), "upload": holders[digest]}
+            for digest, blob in zip(staged.digests, blobs, strict=True)
         ]
         conversation.send(protocol.REPLY, data={"blobs": stored})
 
@@ -275,7 +285,7 @@ class FilestoreServer:
                 digest, size = writer.written()
                 writer.seal(digest, size)
                 upload = uuid.uuid4().hex
-                self._keep(writer, {digest: size}, [(upload, digest)])
+                self._keep(writer, {digest: size}, upload)
                 saved[STREAMS[number]] = {"digest": digest, "size": size, "upload": upload}
         finally:
             for writer in writers.values():
@@ -295,14 +305,23 @@ class FilestoreServer:
         return handle
 
 
-def _blob_row(digest: str, size: int, now: datetime, place: Packed | None) -> dict[str, Any]:
+def _blob_row(
+    digest: str, size: int, now: datetime, place: Packed | None, held_by: str | None
+) -> dict[str, Any]:
     return {
         "digest": digest,
         "size": size,
         "stored_at": now,
         "pack": place.pack if place else None,
         "pack_offset": place.offset if place else None,
+        "held_by": held_by,
     }
+
+
+def _hold_names(digests: list[str]) -> dict[str, str]:
+    """An upload's name for each of these blobs, named after one drawn for them all."""
+    prefix = uuid.uuid4().hex[:24]
+    return {digest: f"{prefix}{n:08x}" for n, digest in enumerate(digests)}
 
 
 def _log_of(fields: Mapping[str, Any]) -> tuple[str, int]:
