@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from freight_server.services.api import schema
-from freight_server.services.api.saved_files import OutputStore
+from freight_server.services.api.saved_files import OutputStore, SavedEntry
 from freight_server.shared.db import alembic_config, migrate
 from freight_server.shared.events import EventFactory, EventType
 
@@ -41,9 +41,24 @@ def listed(path: str, kind: str = "file", size: int = 1, **more) -> dict:
     return {"path": path, "type": kind, "size": size, "mode": "0644", "digest": None, **more}
 
 
+def entry(outputs: OutputStore, job_id: str, attempt: int, path: str) -> SavedEntry | None:
+    manifest = outputs.manifest(job_id, attempt)
+    return manifest.entry(path) if manifest is not None else None
+
+
+def children(outputs: OutputStore, job_id: str, attempt: int, path: str) -> list[SavedEntry]:
+    manifest = outputs.manifest(job_id, attempt)
+    return manifest.children(path) if manifest is not None else []
+
+
+def saved_any(outputs: OutputStore, job_id: str, attempt: int) -> bool:
+    manifest = outputs.manifest(job_id, attempt)
+    return manifest is not None and len(manifest) > 0
+
+
 def test_each_attempt_lists_what_it_saved_skipped_apart_its_latest_save_winning(engine):
     outputs = OutputStore(engine)
-    assert outputs.manifest("job-1", 1) is None and not outputs.saved_any("job-1", 1)
+    assert outputs.manifest("job-1", 1) is None and not saved_any(outputs, "job-1", 1)
 
     keep_saved(engine, "job-1", 1, 1, files=[listed("/job/old")])
     keep_saved(
@@ -54,18 +69,18 @@ def test_each_attempt_lists_what_it_saved_skipped_apart_its_latest_save_winning(
         files=[listed("/job", "dir"), listed("/job/b"), listed("/job/a"), listed("/job/d/x")],
         skipped=[{"path": "/job/huge", "size": 9, "reason": "over FREIGHT_MAX_OUTPUT_BYTES"}],
     )
-    assert [e.path for e in outputs.children("job-1", 1, "/job")] == ["/job/old"]
-    assert [e.name for e in outputs.children("job-1", 2, "/job")] == ["a", "b"]
-    assert [e.path for e in outputs.children("job-1", 2, "/job/d")] == ["/job/d/x"]
-    skipped = outputs.entry("job-1", 2, "/job/huge")
+    assert [e.path for e in children(outputs, "job-1", 1, "/job")] == ["/job/old"]
+    assert [e.name for e in children(outputs, "job-1", 2, "/job")] == ["a", "b"]
+    assert [e.path for e in children(outputs, "job-1", 2, "/job/d")] == ["/job/d/x"]
+    skipped = entry(outputs, "job-1", 2, "/job/huge")
     assert skipped is not None and skipped.skipped == "over FREIGHT_MAX_OUTPUT_BYTES"
-    assert outputs.entry("job-1", 2, "/job/old") is None
+    assert entry(outputs, "job-1", 2, "/job/old") is None
 
     # The same attempt saved again (a runner that saved once more after a restart): the later
     # save is what it saved.
     keep_saved(engine, "job-1", 3, 2, files=[listed("/job/c")])
-    assert [e.name for e in outputs.children("job-1", 2, "/job")] == ["c"]
-    assert outputs.saved_any("job-1", 2) and not outputs.saved_any("job-2", 1)
+    assert [e.name for e in children(outputs, "job-1", 2, "/job")] == ["c"]
+    assert saved_any(outputs, "job-1", 2) and not saved_any(outputs, "job-2", 1)
 
 
 def test_manifests_past_the_cache_are_read_again(engine):
@@ -77,10 +92,10 @@ def test_manifests_past_the_cache_are_read_again(engine):
         keep_saved(engine, f"job-{n}", n, 1, deleted=["/tmp/x"])
     for _ in range(2):
         for n in range(4):
-            names = [e.name for e in outputs.children(f"job-{n}", 1, f"/job/{n}")]
+            names = [e.name for e in children(outputs, f"job-{n}", 1, f"/job/{n}")]
             assert names == ["0", "1"]
         for n in range(4, 10):
-            assert not outputs.saved_any(f"job-{n}", 1)
+            assert not saved_any(outputs, f"job-{n}", 1)
     assert len(outputs._cache) <= 3
 
 
@@ -88,7 +103,7 @@ def test_an_event_that_cannot_be_read_is_read_past(engine):
     keep_saved(engine, "job-1", 1, 1, files=[listed("/job/a")])
     keep_saved(engine, "job-1", 2, 2, files=["not an entry"])  # kept before it was refused
     outputs = OutputStore(engine)
-    assert [e.name for e in outputs.children("job-1", 1, "/job")] == ["a"]
+    assert [e.name for e in children(outputs, "job-1", 1, "/job")] == ["a"]
     assert outputs.manifest("job-1", 2) is None
 
 

@@ -27,6 +27,7 @@ from freight_server.services.api.owner_files import (
     DELETED,
     Version,
 )
+from freight_server.services.api.saved_files import NOTHING_SAVED
 from freight_server.shared import filestore_protocol as protocol
 from freight_server.shared.job_paths import InvalidPath, parent_of, requested_path
 from freight_server.shared.jobs import JobView, Status
@@ -112,20 +113,18 @@ class JobFiles:
         raise _unavailable(f"job {view.job_id} is ending; try again in a moment")
 
     def _serve_saved(self, view: JobView, path: str, resp: falcon.Response) -> None:
-        outputs = self._deps.outputs
-        assert outputs is not None
-        job_id, attempt = view.job_id, view.attempt
-        entry = _followed(
-            outputs.entry(job_id, attempt, path), lambda p: outputs.entry(job_id, attempt, p)
-        )
+        assert self._deps.outputs is not None
+        job_id = view.job_id
+        manifest = self._deps.outputs.manifest(job_id, view.attempt) or NOTHING_SAVED
+        entry = _followed(manifest.entry(path), manifest.entry)
         if entry is not None and entry.skipped:
             raise not_found(f"job {job_id} did not save {path}: {entry.skipped}")
         if entry is not None and entry.type == "file":
             self._send_blob(resp, path, entry)
             return
-        children = outputs.children(job_id, attempt, entry.path if entry else path)
+        children = manifest.children(entry.path if entry else path)
         if entry is None and not children:
-            saved = outputs.saved_any(job_id, attempt)
+            saved = len(manifest) > 0
             raise not_found(
                 f"job {job_id} has no {path}" + ("" if saved else " (it saved no files)")
             )

@@ -258,11 +258,10 @@ def _stored(
 
 def _delete_beneath(
     session: Session | sa.Connection, owner: str, cleared: Mapping[str, int]
-) -> set[str]:
+) -> None:
     """Delete the stored rows beneath each directory older than its clearing, a level at a time
-    (by `parent_key`); returns their keys."""
+    (by `parent_key`)."""
     table = schema.owner_files
-    gone: set[str] = set()
     for root, position in cleared.items():
         level = [path_key(root)]
         while level:
@@ -275,9 +274,7 @@ def _delete_beneath(
                 )
                 below += session.execute(sa.select(table.c.path_key).where(*where)).scalars()
                 session.execute(table.delete().where(*where))
-            gone.update(below)
             level = below
-    return gone
 
 
 def _row(owner: str, version: Version, key: str) -> dict[str, Any]:

@@ -99,6 +99,9 @@ class Manifest:
         return self._children.get(path, [])
 
 
+NOTHING_SAVED = Manifest({"attempt": 0})  # an attempt that saved nothing, or not yet
+
+
 class OutputStore:
     """Reads of the saved manifests: each attempt's, and (`by_owner`) each owner's newest."""
 
@@ -114,18 +117,6 @@ class OutputStore:
         self._cached_manifests = cached_manifests
         self._cache: OrderedDict[str, Manifest] = OrderedDict()  # by event id, last read last
         self._lock = threading.Lock()
-
-    def entry(self, job_id: str, attempt: int, path: str) -> SavedEntry | None:
-        manifest = self.manifest(job_id, attempt)
-        return manifest.entry(path) if manifest is not None else None
-
-    def children(self, job_id: str, attempt: int, path: str) -> list[SavedEntry]:
-        manifest = self.manifest(job_id, attempt)
-        return manifest.children(path) if manifest is not None else []
-
-    def saved_any(self, job_id: str, attempt: int) -> bool:
-        manifest = self.manifest(job_id, attempt)
-        return manifest is not None and len(manifest) > 0
 
     def manifest(self, job_id: str, attempt: int) -> Manifest | None:
         """The attempt's latest JobOutputsSaved; None if it saved nothing (or has not yet)."""

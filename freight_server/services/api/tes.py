@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from freight_server.services.api.auth import caller_of
 from freight_server.services.api.errors import ApiError, bad_request
 from freight_server.services.api.jobs import MAX_PAGE, ApiDeps, find_job
+from freight_server.services.api.saved_files import Manifest, SavedEntry
 from freight_server.services.api.submission import parse_job_request
 from freight_server.services.api.tes_model import (
     BACKEND_PARAMETERS,
@@ -256,27 +257,14 @@ class OutputDelivery:
         assert outputs is not None
         target = _allowed_path(output.url, allowed, f"outputs[{number}].url")
         delivered = []
-        for entry in self._saved(view, output.path):
+        manifest = outputs.manifest(view.job_id, view.attempt)
+        for entry in _saved(manifest, output.path) if manifest is not None else ():
             relative = posixpath.relpath(entry.path, output.path)
             destination = target if relative == "." else target / relative
             self._write(entry, destination)
             url = output.url if relative == "." else f"{output.url.rstrip('/')}/{relative}"
             delivered.append(OutputFileLog(url=url, path=entry.path, size_bytes=str(entry.size)))
         return delivered
-
-    def _saved(self, view: JobView, path: str) -> Iterator[Any]:
-        """The saved files at `path`: itself, or every file under it."""
-        outputs = self._deps.outputs
-        assert outputs is not None
-        entry = outputs.entry(view.job_id, view.attempt, path)
-        if entry is not None and entry.skipped is None and entry.type == "file":
-            yield entry
-            return
-        for child in outputs.children(view.job_id, view.attempt, path):
-            if child.type == "file":
-                yield child
-            elif child.type == "dir":
-                yield from self._saved(view, child.path)
 
     def _write(self, entry: Any, destination: Path) -> None:
         if destination.is_file() and destination.stat().st_size == entry.size:
@@ -425,3 +413,16 @@ def _page_token(raw: str | None) -> int | None:
     if not raw.isdigit() or len(raw) > 19:
         raise ApiError(falcon.HTTP_400, "invalid_request", "page_token is not one this API gave")
     return int(raw)
+
+
+def _saved(manifest: Manifest, path: str) -> Iterator[SavedEntry]:
+    """The saved files at `path`: itself, or every file under it."""
+    entry = manifest.entry(path)
+    if entry is not None and entry.skipped is None and entry.type == "file":
+        yield entry
+        return
+    for child in manifest.children(path):
+        if child.type == "file":
+            yield child
+        elif child.type == "dir":
+            yield from _saved(manifest, child.path)
